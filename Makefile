@@ -1,0 +1,42 @@
+# fedgmi: `make run` trains FedGMI on MNIST, `make test` runs the test suite.
+# Both create the virtual environment and install the package on first use.
+
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed-stamp
+CONFIG   ?= configs/pm_mnist.yaml
+# Where the datasets are: FEDGMI_DATA_DIR if set; else ../shared/data when it exists (the
+# offline MNIST test split next to the checkout, as on our CI machines); else ./data, where
+# torchvision downloads the full MNIST on first use.
+FEDGMI_DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,data)
+export FEDGMI_DATA_DIR
+export WANDB_MODE ?= offline
+
+.PHONY: setup run run-digits test test-slow lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fedgmi fit --config $(CONFIG)
+
+run-digits: $(STAMP)
+	$(BIN)/fedgmi fit --config configs/pm_digits.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check fedgmi tests
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from fedgmi.cli import main
+
+sys.exit(main())

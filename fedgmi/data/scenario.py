@@ -1,0 +1,440 @@
+"""The probabilistic-mixture federated scenario (FedGMI).
+
+There are ``K`` *inherent distributions* (components): component ``k`` is the base dataset with
+every image rotated by ``angles[k]`` degrees. Each client ``c`` draws mixture proportions
+``pi_c`` (a point of the K-simplex, Dirichlet(alpha) or given explicitly) and a sample count
+``n_c``; its data are ``round(pi_ck * n_c)`` images of each component, split into a training
+and a test part that both follow ``pi_c``.
+
+Every base image is used at most once in the whole scenario (one client, one component, one of
+train/test), so there is no leakage between clients, components or train and test.
+
+What the algorithm may see is :class:`ClientData`; the true component of every sample and the
+realised proportions live in :class:`GroundTruth`, for evaluation only.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedgmi.data.datasets import DATASETS, BaseDataset, load_base_dataset
+from fedgmi.errors import ConfigError
+
+SIMPLEX_TOLERANCE = 1e-6
+"""How far from 1 a row of explicit proportions may sum."""
+
+
+@dataclass
+class ScenarioConfig:
+    """Settings of the probabilistic-mixture scenario.
+
+    Attributes:
+        dataset: Base dataset, one of :data:`fedgmi.data.datasets.DATASETS`.
+        data_dir: Data folder (``FEDGMI_DATA_DIR`` overrides it; see
+            :func:`fedgmi.data.datasets.resolve_data_dir`).
+        download: Whether torchvision may download MNIST.
+        angles: Rotation in degrees (counter-clockwise) of each component; ``K = len(angles)``.
+        num_clients: Number of clients ``C``.
+        alpha: Dirichlet concentration of each client's mixture proportions (``alpha * 1_K``).
+        proportions: Explicit ``C`` rows of ``K`` proportions; overrides ``alpha``.
+        samples_per_client: Inclusive ``(min, max)`` range of a client's train+test count.
+        test_fraction: Fraction of each client's samples held out as its test part.
+        seed: Seed of every random choice; the same config gives the same scenario.
+
+    Raises:
+        ConfigError: On construction (and :meth:`validate`) when a field is invalid.
+    """
+
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    download: bool = True
+    angles: list[float] = field(default_factory=lambda: [0.0, 90.0, 180.0])
+    num_clients: int = 30
+    alpha: float = 0.5
+    proportions: list[list[float]] | None = None
+    samples_per_client: tuple[int, int] = (200, 300)
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def num_components(self) -> int:
+        """``K``, the number of inherent distributions."""
+        return len(self.angles)
+
+    def validate(self) -> None:
+        """Check every field; the dataset files themselves are checked at build time.
+
+        Raises:
+            ConfigError: One line naming the first bad field, its value and what is allowed.
+        """
+        if self.dataset not in DATASETS:
+            raise ConfigError(
+                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}"
+            )
+        if self.data_dir is not None and not isinstance(self.data_dir, str | os.PathLike):
+            raise ConfigError(f"data_dir = {self.data_dir!r} must be a path or None")
+        if not isinstance(self.download, bool):
+            raise ConfigError(f"download = {self.download!r} must be true or false")
+        self._validate_angles()
+        if not _is_int(self.num_clients) or self.num_clients < 1:
+            raise ConfigError(f"num_clients = {self.num_clients!r} must be an integer >= 1")
+        if not _is_real(self.alpha) or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ConfigError(f"alpha = {self.alpha!r} must be a finite number > 0")
+        if self.proportions is not None:
+            self._validate_proportions()
+        self._validate_samples()
+        tf = self.test_fraction
+        if not _is_real(tf) or not 0.0 < tf < 1.0:
+            raise ConfigError(f"test_fraction = {tf!r} must be a number strictly between 0 and 1")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ConfigError(f"seed = {self.seed!r} must be an integer >= 0")
+
+    def _validate_angles(self) -> None:
+        angles = self.angles
+        if not isinstance(angles, Sequence) or isinstance(angles, str) or len(angles) == 0:
+            raise ConfigError(f"angles = {angles!r} must be a non-empty list of degrees")
+        for i, a in enumerate(angles):
+            if not _is_real(a) or not math.isfinite(a):
+                raise ConfigError(f"angles[{i}] = {a!r} must be a finite number of degrees")
+        turns = [float(a) % 360.0 for a in angles]
+        if len(set(turns)) != len(turns):
+            raise ConfigError(
+                f"angles = {list(angles)!r} repeat a rotation (equal modulo 360); "
+                "every component needs its own angle"
+            )
+
+    def _validate_proportions(self) -> None:
+        rows, k = self.proportions, len(self.angles)
+        if not isinstance(rows, Sequence) or isinstance(rows, str):
+            raise ConfigError(f"proportions = {rows!r} must be a list of rows or None")
+        if len(rows) != self.num_clients:
+            raise ConfigError(
+                f"proportions has {len(rows)} rows but num_clients = {self.num_clients}; "
+                "give one row per client"
+            )
+        for i, row in enumerate(rows):
+            if not isinstance(row, Sequence) or isinstance(row, str) or len(row) != k:
+                raise ConfigError(
+                    f"proportions[{i}] = {row!r} must have K = {k} entries (one per angle)"
+                )
+            if not all(_is_real(p) and math.isfinite(p) for p in row):
+                raise ConfigError(f"proportions[{i}] = {list(row)!r} must hold finite numbers")
+            if min(row) < 0 or abs(math.fsum(row) - 1.0) > SIMPLEX_TOLERANCE:
+                raise ConfigError(
+                    f"proportions[{i}] = {list(row)!r} is off the simplex: "
+                    "entries must be >= 0 and sum to 1"
+                )
+
+    def _validate_samples(self) -> None:
+        spc = self.samples_per_client
+        ok = isinstance(spc, Sequence) and len(spc) == 2 and all(_is_int(v) for v in spc)
+        if not ok or spc[0] < 2 or spc[0] > spc[1]:
+            raise ConfigError(
+                f"samples_per_client = {spc!r} must be two integers (min, max) with 2 <= min <= max"
+            )
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """Everything the algorithm may see of one client.
+
+    Attributes:
+        client_id: Index of the client, ``0..C-1``.
+        x_train: ``(n_train, D)`` float32 in ``[0, 1]``, flattened images with
+            ``D = prod(image_shape)``.
+        y_train: ``(n_train,)`` int64 class labels.
+        x_test: ``(n_test, D)`` float32 in ``[0, 1]``.
+        y_test: ``(n_test,)`` int64 class labels.
+    """
+
+    client_id: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The hidden truth of a scenario, for evaluation only; never give it to the algorithm.
+
+    Attributes:
+        proportions: ``(C, K)`` float64, realised fractions of each client's training part
+            (``bincount(z_train[c]) / n_train``).
+        z_train: Per client, ``(n_train,)`` int64 true component of each training sample.
+        z_test: Per client, ``(n_test,)`` int64 true component of each test sample.
+        base_index_train: Per client, ``(n_train,)`` int64 index of each training sample in
+            the base dataset (for leakage checks).
+        base_index_test: Per client, ``(n_test,)`` int64 base-dataset indices of the test part.
+        target_proportions: ``(C, K)`` float64, the proportions each client was drawn with
+            (its Dirichlet sample or explicit row) before rounding to whole samples.
+    """
+
+    proportions: torch.Tensor
+    z_train: list[torch.Tensor]
+    z_test: list[torch.Tensor]
+    base_index_train: list[torch.Tensor]
+    base_index_test: list[torch.Tensor]
+    target_proportions: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A built federated scenario: the clients' data plus the hidden ground truth.
+
+    Attributes:
+        clients: One :class:`ClientData` per client, in client-id order.
+        truth: The :class:`GroundTruth` (evaluation only).
+        image_shape: ``(1, H, W)``; rows of ``x_*`` are these images flattened.
+        num_components: ``K``.
+        num_classes: Number of class labels.
+        component_names: ``K`` names such as ``"rot90"``.
+        source: Where the base images came from.
+        config: The configuration it was built from.
+    """
+
+    clients: list[ClientData]
+    truth: GroundTruth
+    image_shape: tuple[int, int, int]
+    num_components: int
+    num_classes: int
+    component_names: list[str]
+    source: str
+    config: ScenarioConfig
+
+    @property
+    def num_clients(self) -> int:
+        """``C``, the number of clients."""
+        return len(self.clients)
+
+    @property
+    def input_dim(self) -> int:
+        """``D = prod(image_shape)``, the width of every ``x_*`` row."""
+        return math.prod(self.image_shape)
+
+    def summary(self) -> str:
+        """A few human-readable lines describing the scenario."""
+        n_train = sum(c.y_train.numel() for c in self.clients)
+        n_test = sum(c.y_test.numel() for c in self.clients)
+        lo, hi = self.config.samples_per_client
+        mean_pi = ", ".join(f"{p:.3f}" for p in self.truth.proportions.mean(0).tolist())
+        drawn = (
+            "explicit" if self.config.proportions is not None else f"alpha={self.config.alpha:g}"
+        )
+        return "\n".join(
+            [
+                f"dataset: {self.config.dataset} ({self.source})",
+                f"components: K={self.num_components} ({', '.join(self.component_names)})",
+                (
+                    f"clients: {self.num_clients}, {lo}..{hi} samples each, "
+                    f"test fraction {self.config.test_fraction:g}"
+                ),
+                f"samples: {n_train} train + {n_test} test",
+                f"mean train proportions ({drawn}): [{mean_pi}]",
+            ]
+        )
+
+
+def component_name(angle: float) -> str:
+    """Name of the component with rotation ``angle``: ``0.0 -> "rot0"``, ``22.5 -> "rot22.5"``."""
+    return f"rot{float(angle):g}"
+
+
+def build_scenario(config: ScenarioConfig, base: BaseDataset | None = None) -> Scenario:
+    """Build the probabilistic-mixture scenario described by ``config``.
+
+    Deterministic in ``config.seed``: one :class:`numpy.random.Generator` makes every random
+    choice, in this order: proportions, client sizes, the pool permutation, the shuffles.
+
+    Args:
+        config: The scenario settings (validated again here).
+        base: An already loaded base dataset to reuse (its name must equal
+            ``config.dataset``); loaded from ``config`` when ``None``.
+
+    Returns:
+        The scenario; client ``x_*`` are ``(n, D)`` float32 in ``[0, 1]``.
+
+    Raises:
+        ConfigError: A config field is invalid, the dataset cannot be loaded, ``base`` is a
+            different dataset, or the clients ask for more samples than the dataset holds.
+    """
+    config.validate()
+    if base is None:
+        base = load_base_dataset(config.dataset, config.data_dir, config.download)
+    elif base.name != config.dataset:
+        raise ConfigError(f"base dataset {base.name!r} does not match dataset = {config.dataset!r}")
+    rng = np.random.default_rng(config.seed)
+    target = _client_proportions(config, rng)
+    lo, hi = config.samples_per_client
+    totals = rng.integers(lo, hi + 1, size=config.num_clients)
+    _check_demand(int(totals.sum()), base, config)
+    train_counts, test_counts = _split_counts(target, totals, config.test_fraction)
+    return _assemble(config, base, rng, target, train_counts, test_counts)
+
+
+def _client_proportions(config: ScenarioConfig, rng: np.random.Generator) -> np.ndarray:
+    """``(C, K)`` float64 rows on the simplex: explicit rows, else Dirichlet(alpha * 1_K)."""
+    k = config.num_components
+    if config.proportions is not None:
+        rows = np.asarray(config.proportions, dtype=np.float64)
+        return rows / rows.sum(axis=1, keepdims=True)
+    return rng.dirichlet(np.full(k, float(config.alpha)), size=config.num_clients)
+
+
+def _check_demand(demand: int, base: BaseDataset, config: ScenarioConfig) -> None:
+    """Refuse a scenario that needs more distinct base images than the dataset holds."""
+    if demand > len(base):
+        raise ConfigError(
+            f"the scenario asks for {demand} samples but dataset {base.name!r} "
+            f"({base.source}) holds {len(base)}; lower samples_per_client or num_clients"
+        )
+
+
+def _split_counts(
+    target: np.ndarray, totals: np.ndarray, test_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-(client, component) train and test counts, each ``(C, K)`` int64.
+
+    A client's test size is ``round(test_fraction * n_c)`` kept in ``[1, n_c - 1]``; its train
+    and test sizes are each spread over the components by largest-remainder rounding of
+    ``pi_c``, so both parts follow ``pi_c`` to within one sample per component.
+    """
+    n_test = np.clip(np.floor(test_fraction * totals + 0.5).astype(np.int64), 1, totals - 1)
+    n_train = totals - n_test
+    train = np.stack([_largest_remainder(p, int(n)) for p, n in zip(target, n_train)])
+    test = np.stack([_largest_remainder(p, int(n)) for p, n in zip(target, n_test)])
+    return train, test
+
+
+def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
+    """``(K,)`` int64 counts summing exactly to ``total``, each within 1 of ``weights * total``.
+
+    Ties in the remainders go to the lower component index.
+    """
+    raw = weights * total
+    counts = np.floor(raw).astype(np.int64)
+    missing = total - int(counts.sum())
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[:missing]] += 1
+    return counts
+
+
+def _assemble(
+    config: ScenarioConfig,
+    base: BaseDataset,
+    rng: np.random.Generator,
+    target: np.ndarray,
+    train_counts: np.ndarray,
+    test_counts: np.ndarray,
+) -> Scenario:
+    """Cut the pool into blocks, render the rotations and shuffle each client's parts."""
+    # Blocks in (client, part, component) order take consecutive slices of one permutation of
+    # the base dataset, so no base image is used twice anywhere.
+    counts = np.stack([train_counts, test_counts], axis=1)  # (C, 2, K)
+    k = config.num_components
+    z_all = torch.from_numpy(np.repeat(np.tile(np.arange(k), counts.shape[0] * 2), counts.ravel()))
+    pool = torch.from_numpy(rng.permutation(len(base))[: z_all.numel()])
+    x_all = render_components(base.images[pool], z_all, config.angles).flatten(1)
+    labels = base.labels[pool]
+    segments = counts.sum(axis=2).ravel().tolist()  # sizes of (c, train), (c, test), ...
+    parts = []
+    for x, y, z, idx in zip(*(t.split(segments) for t in (x_all, labels, z_all, pool))):
+        order = torch.from_numpy(rng.permutation(y.numel()))
+        parts.append((x[order].contiguous(), y[order], z[order], idx[order]))
+    clients = [
+        ClientData(c, tr[0], tr[1], te[0], te[1])
+        for c, (tr, te) in enumerate(zip(parts[0::2], parts[1::2]))
+    ]
+    truth = _ground_truth(parts, k, target)
+    return Scenario(
+        clients=clients,
+        truth=truth,
+        image_shape=tuple(base.images.shape[1:]),
+        num_components=k,
+        num_classes=base.num_classes,
+        component_names=[component_name(a) for a in config.angles],
+        source=base.source,
+        config=config,
+    )
+
+
+def _ground_truth(parts: list[tuple], k: int, target: np.ndarray) -> GroundTruth:
+    """Collect the hidden labels of the (train, test, train, test, ...) parts."""
+    train, test = parts[0::2], parts[1::2]
+    realised = torch.stack(
+        [torch.bincount(z, minlength=k).to(torch.float64) / z.numel() for _, _, z, _ in train]
+    )
+    return GroundTruth(
+        proportions=realised,
+        z_train=[p[2] for p in train],
+        z_test=[p[2] for p in test],
+        base_index_train=[p[3] for p in train],
+        base_index_test=[p[3] for p in test],
+        target_proportions=torch.from_numpy(np.asarray(target, dtype=np.float64)),
+    )
+
+
+def render_components(
+    images: torch.Tensor, components: torch.Tensor, angles: Sequence[float]
+) -> torch.Tensor:
+    """Rotate each image by the angle of its component, one batch per component.
+
+    Args:
+        images: ``(N, 1, H, W)`` float32 in ``[0, 1]``.
+        components: ``(N,)`` int64 component index of each image, in ``[0, len(angles))``.
+        angles: Rotation in degrees (counter-clockwise) of each component.
+
+    Returns:
+        ``(N, 1, H, W)`` float32 in ``[0, 1]``, a new tensor.
+    """
+    out = images.clone()
+    for k, angle in enumerate(angles):
+        mask = components == k
+        if bool(mask.any()):
+            out[mask] = rotate_images(images[mask], float(angle))
+    return out
+
+
+def rotate_images(images: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate a batch of images counter-clockwise by ``angle`` degrees, keeping ``(H, W)``.
+
+    Multiples of 90 degrees on square images use :func:`torch.rot90`, which moves pixels exactly
+    (no interpolation) and agrees with torchvision's rotate; other angles use torchvision's
+    bilinear rotate with black fill, clamped to ``[0, 1]``.
+
+    Args:
+        images: ``(N, C, H, W)`` float tensor.
+        angle: Degrees, counter-clockwise.
+
+    Returns:
+        ``(N, C, H, W)`` rotated images.
+    """
+    turns = float(angle) % 360.0
+    square = images.shape[-1] == images.shape[-2]
+    if turns % 90.0 == 0.0 and square:
+        return torch.rot90(images, int(turns // 90.0), dims=(-2, -1)).contiguous()
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvf
+
+    rotated = tvf.rotate(images, turns, interpolation=InterpolationMode.BILINEAR, fill=0.0)
+    return rotated.clamp_(0.0, 1.0)
+
+
+def _is_int(value: object) -> bool:
+    """An integer that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    """A real number that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

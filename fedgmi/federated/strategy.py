@@ -1,0 +1,112 @@
+"""The contract between the federated loop and an algorithm (after Flower's Strategy).
+
+The loop (:mod:`fedgmi.federated.server`) owns rounds, client sampling, seeds, evaluation and
+outputs; a Strategy owns what clients receive (:meth:`Strategy.configure_round`), what a client
+does with its own data (:meth:`Strategy.client_update`) and how replies become the new global
+state (:meth:`Strategy.aggregate`). Client-side state (a client's mixture proportions) lives
+in the strategy's ``client_state`` store, keyed by client id, and is tiny by design.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning
+import torch
+
+from fedgmi.types import ClientReply, ClientTask, derive_seed
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """What an algorithm may know of the federation before training (no ground truth).
+
+    Attributes:
+        image_shape: (1, H, W) shape of one input.
+        num_components: K, the number of mixture components to learn.
+        num_classes: Number of class labels.
+        num_clients: Number of clients C.
+    """
+
+    image_shape: tuple[int, ...]
+    num_components: int
+    num_classes: int
+    num_clients: int
+
+
+class Strategy(ABC):
+    """A federated mixture algorithm. Subclass it and implement the abstract methods."""
+
+    #: Per-client state, keyed by client id (e.g. ``{"pi": (K,) tensor}``).
+    client_state: dict[int, dict[str, torch.Tensor]]
+
+    def setup(self, spec: ProblemSpec, fabric: lightning.Fabric, seed: int) -> None:
+        """Build the global state for ``spec`` on ``fabric.device``. Called once."""
+        self.spec, self.fabric, self.seed = spec, fabric, seed
+        self.client_state = {}
+
+    def initialize(self, clients: Sequence[Any]) -> dict[str, float]:
+        """Optional federated initialisation stage before round 0.
+
+        Args:
+            clients: every client's :class:`~fedgmi.data.ClientData` (used only through
+                client-side computations).
+
+        Returns:
+            Scalar statistics, e.g. ``{"bytes_up": ..., "bytes_down": ...}``.
+        """
+        return {}
+
+    @property
+    @abstractmethod
+    def global_state(self) -> tuple[torch.Tensor, ...]:
+        """The K flattened component parameter vectors the server holds, each (P,)."""
+
+    def configure_round(self, round_idx: int, client_ids: Sequence[int]) -> list[ClientTask]:
+        """One task per sampled client: the global state, settings and a derived seed."""
+        state = self.global_state
+        settings = self.round_settings(round_idx)
+        return [
+            ClientTask(round_idx, int(c), derive_seed(self.seed, round_idx, int(c)), state, settings)
+            for c in client_ids
+        ]
+
+    def round_settings(self, round_idx: int) -> dict[str, float | int | str]:
+        """Scalar settings sent with every task of the round (none by default)."""
+        return {}
+
+    @abstractmethod
+    def client_update(self, task: ClientTask, data: Any) -> ClientReply:
+        """Run one client's local update on its own data and return its reply."""
+
+    @abstractmethod
+    def aggregate(self, round_idx: int, replies: Sequence[ClientReply]) -> dict[str, float]:
+        """Turn the round's replies into the new global state; return scalar round metrics."""
+
+    @abstractmethod
+    def component_log_likelihood(self, x: torch.Tensor, estimator: str, num_samples: int) -> torch.Tensor:
+        """(N, K) log-likelihood of each of the (N, D) samples under each component, nats."""
+
+    def client_proportions(self, client_id: int) -> torch.Tensor | None:
+        """(K,) the client's current mixture proportions, or ``None`` if it has none yet."""
+        state = self.client_state.get(int(client_id))
+        return None if state is None else state.get("pi")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: global state and client state."""
+        return {
+            "global_state": [t.detach().cpu() for t in self.global_state],
+            "client_state": {
+                c: {k: v.cpu() for k, v in s.items()} for c, s in self.client_state.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.client_state = {
+            int(c): {k: v.to(self.fabric.device) for k, v in s.items()}
+            for c, s in state["client_state"].items()
+        }

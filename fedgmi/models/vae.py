@@ -1,0 +1,496 @@
+"""VAE density estimator used as one FedGMI mixture component.
+
+FedGMI (Hou, Shi, Fan, Letaief, arXiv 2605.08760) models each inherent distribution ``k`` of
+the probabilistic mixture with a generative model whose (bound on the) log-likelihood
+``log p_k(x)`` enters the E-step responsibilities ``r_ik``; :class:`ComponentVAE` is that model
+for image data: an MLP VAE with a Bernoulli decoder (Kingma & Welling 2014, Appendix C.1).
+
+Shape letters used in comments: ``B`` batch, ``D`` pixels (``prod(image_shape)``), ``L``
+latent dimensions, ``H`` hidden units, ``S`` Monte-Carlo / importance samples, ``N`` any
+flattened leading size. All log-densities are in nats.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import lightning
+import torch
+from torch import nn
+
+from fedgmi.errors import ConfigError
+from fedgmi.models.elbo import (
+    bernoulli_log_likelihood,
+    diagonal_gaussian_log_density,
+    gaussian_kl_to_standard_normal,
+    iwae_bound,
+    standard_normal_log_density,
+)
+
+__all__ = ["ESTIMATORS", "ComponentVAE", "mlp"]
+
+ESTIMATORS: tuple[str, ...] = ("elbo", "iwae")
+"""Names accepted by :meth:`ComponentVAE.log_likelihood` and the ``estimator`` argument."""
+
+# Bound on S_chunk * B * D decoder-output elements per IWAE/ELBO chunk (~16 MiB in float32).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def mlp(dims: Sequence[int]) -> nn.Sequential:
+    """Fully connected network ``dims[0] -> dims[1] -> ... -> dims[-1]``.
+
+    ReLU between layers, none after the last (the output is an unconstrained linear layer).
+
+    Args:
+        dims: Layer widths, at least two entries (input and output width).
+
+    Returns:
+        An ``nn.Sequential`` mapping ``(N, dims[0])`` to ``(N, dims[-1])``.
+    """
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
+        if i > 0:
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(d_in, d_out))
+    return nn.Sequential(*layers)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _loss_dtype(t: torch.Tensor) -> torch.dtype:
+    """At least float32 (bf16/fp16 activations are upcast before any log-likelihood term)."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+class ComponentVAE(lightning.LightningModule):
+    """One FedGMI mixture component: a VAE density estimator of x (Bernoulli decoder).
+
+    Encoder ``q(z | x) = N(mu(x), diag exp(logvar(x)))`` is an MLP
+    ``D -> hidden_dims (ReLU) -> 2L``; decoder ``p(x | z) = prod_d Bernoulli(sigmoid(l_d(z)))``
+    is an MLP ``L -> reversed(hidden_dims) (ReLU) -> D`` logits; prior ``p(z) = N(0, I)``.
+    Subclasses may replace the networks by overriding :meth:`build_encoder` /
+    :meth:`build_decoder` (e.g. a CNN) as long as they keep the flat ``(N, D)`` / ``(N, L)``
+    interfaces.
+
+    Inputs ``x`` hold pixel values in [0, 1] with shape ``(B, D)`` or ``(B, *image_shape)``
+    (any trailing shape with ``D`` elements is flattened). Randomness comes from torch's
+    global RNG, or from an explicit ``torch.Generator`` where a method accepts one.
+
+    Args:
+        image_shape: Shape of one input, e.g. ``(1, 28, 28)``; ``D = prod(image_shape)``.
+            Must stay the first positional parameter (components are built as
+            ``factory(image_shape)``).
+        hidden_dims: Hidden-layer widths of the encoder (the decoder uses them reversed);
+            may be empty (linear encoder/decoder).
+        latent_dim: Latent dimension ``L >= 1``.
+        lr: Adam learning rate (> 0).
+        estimator: Default estimator of ``log p(x)`` for :meth:`log_likelihood`:
+            ``"elbo"`` or ``"iwae"``.
+        num_samples: Default number of samples ``S >= 1`` for :meth:`log_likelihood`.
+            Training always uses a single-sample ELBO.
+
+    Raises:
+        ConfigError: If any argument is out of range or the estimator is unknown.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, ...] = (1, 28, 28),
+        hidden_dims: tuple[int, ...] = (400,),
+        latent_dim: int = 20,
+        lr: float = 1e-3,
+        estimator: str = "elbo",
+        num_samples: int = 1,
+    ) -> None:
+        super().__init__()
+        if (
+            isinstance(image_shape, (str, bytes))
+            or not isinstance(image_shape, Sequence)
+            or len(image_shape) == 0
+            or not all(_is_int(d) and d >= 1 for d in image_shape)
+        ):
+            raise ConfigError(
+                f"image_shape={image_shape!r} is invalid; allowed: a non-empty tuple of "
+                "positive ints, e.g. (1, 28, 28)"
+            )
+        if (
+            isinstance(hidden_dims, (str, bytes))
+            or not isinstance(hidden_dims, Sequence)
+            or not all(_is_int(h) and h >= 1 for h in hidden_dims)
+        ):
+            raise ConfigError(
+                f"hidden_dims={hidden_dims!r} is invalid; allowed: a (possibly empty) tuple "
+                "of positive ints, e.g. (400,)"
+            )
+        if not _is_int(latent_dim) or latent_dim < 1:
+            raise ConfigError(f"latent_dim={latent_dim!r} is invalid; allowed: an int >= 1")
+        if (
+            isinstance(lr, bool)
+            or not isinstance(lr, numbers.Real)
+            or not math.isfinite(lr)
+            or lr <= 0
+        ):
+            raise ConfigError(f"lr={lr!r} is invalid; allowed: a finite float > 0")
+        if estimator not in ESTIMATORS:
+            raise ConfigError(
+                f"estimator={estimator!r} is unknown; allowed: {', '.join(ESTIMATORS)}"
+            )
+        if not _is_int(num_samples) or num_samples < 1:
+            raise ConfigError(f"num_samples={num_samples!r} is invalid; allowed: an int >= 1")
+        self.save_hyperparameters()
+
+        self.image_shape: tuple[int, ...] = tuple(int(d) for d in image_shape)
+        self.data_dim: int = math.prod(self.image_shape)  # D
+        self.hidden_dims: tuple[int, ...] = tuple(int(h) for h in hidden_dims)
+        self.latent_dim: int = int(latent_dim)  # L
+        self.lr: float = float(lr)
+        self.estimator: str = estimator
+        self.num_samples: int = int(num_samples)
+
+        self.encoder = self.build_encoder()
+        self.decoder = self.build_decoder()
+
+    # ------------------------------------------------------------------ networks
+    def build_encoder(self) -> nn.Module:
+        """Build the encoder network.
+
+        Returns:
+            A module mapping flat inputs ``(B, D)`` to ``(B, 2L)``: the first ``L`` outputs
+            are ``mu``, the last ``L`` are ``logvar``.
+        """
+        return mlp((self.data_dim, *self.hidden_dims, 2 * self.latent_dim))
+
+    def build_decoder(self) -> nn.Module:
+        """Build the decoder network.
+
+        Returns:
+            A module mapping latents ``(N, L)`` to Bernoulli logits ``(N, D)``.
+        """
+        return mlp((self.latent_dim, *reversed(self.hidden_dims), self.data_dim))
+
+    # ------------------------------------------------------------------ helpers
+    def _flatten(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` or ``(B, *image_shape)`` -> ``(B, D)``."""
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.data_dim:
+            raise ConfigError(
+                f"input x has shape {tuple(x.shape)}; allowed: (B, {self.data_dim}) or "
+                f"(B, *{self.image_shape})"
+            )
+        return x.reshape(x.shape[0], self.data_dim)
+
+    def _param_dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
+    def _param_device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def _standard_normal(
+        self,
+        shape: tuple[int, ...],
+        like: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """``N(0, I)`` noise of ``shape``, drawn on the generator's device then moved."""
+        device = like.device if like is not None else self._param_device()
+        if like is not None:
+            dtype = like.dtype
+        else:
+            dtype = torch.promote_types(self._param_dtype(), torch.float32)
+        if generator is None:
+            return torch.randn(shape, device=device, dtype=dtype)
+        eps = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
+        return eps.to(device)
+
+    def _posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat targets and posterior parameters, all in (at least) float32."""
+        x = self._flatten(x)  # (B, D)
+        mu, logvar = self.encode(x)  # (B, L) each
+        dtype = _loss_dtype(mu)
+        return x.to(dtype), mu.to(dtype), logvar.to(dtype)
+
+    def _reparameterise(
+        self,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        num_samples: int,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """``z_s = mu + exp(logvar / 2) * eps_s``, ``eps ~ N(0, I)`` of shape ``(S, B, L)``."""
+        if not _is_int(num_samples) or num_samples < 1:
+            raise ConfigError(f"num_samples={num_samples!r} is invalid; allowed: an int >= 1")
+        eps = self._standard_normal((int(num_samples), *mu.shape), mu, generator)  # (S, B, L)
+        return mu + torch.exp(0.5 * logvar) * eps  # (S, B, L)
+
+    def _log_px_given_z(
+        self, z: torch.Tensor, x: torch.Tensor, chunk_size: int | None
+    ) -> torch.Tensor:
+        """``log p(x | z_s)`` for ``z`` ``(S, B, L)`` and ``x`` ``(B, D)`` -> ``(S, B)`` nats.
+
+        Decodes ``chunk_size`` samples at a time so the ``(S, B, D)`` logits never coexist.
+        """
+        num_samples, batch = z.shape[0], z.shape[1]
+        if chunk_size is None:
+            chunk_size = max(1, _CHUNK_ELEMENTS // max(1, batch * self.data_dim))
+        elif not _is_int(chunk_size) or chunk_size < 1:
+            raise ConfigError(f"chunk_size={chunk_size!r} is invalid; allowed: an int >= 1")
+        out = []
+        for start in range(0, num_samples, chunk_size):
+            z_c = z[start : start + chunk_size]  # (C, B, L)
+            logits = self.decode(z_c).to(x.dtype)  # (C, B, D)
+            out.append(bernoulli_log_likelihood(logits, x))  # (C, B)
+        return torch.cat(out, dim=0)  # (S, B)
+
+    # ------------------------------------------------------------------ model API
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters of ``q(z | x)``.
+
+        Args:
+            x: Inputs ``(B, D)`` or ``(B, *image_shape)``.
+
+        Returns:
+            ``(mu, logvar)``, each ``(B, L)`` (in the network's compute dtype).
+        """
+        x = self._flatten(x)  # (B, D)
+        h = self.encoder(x.to(self._param_dtype()))  # (B, 2L)
+        mu, logvar = h.chunk(2, dim=-1)  # (B, L) each
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits of ``p(x | z)``.
+
+        Args:
+            z: Latents ``(B, L)``; any leading shape ``(..., L)`` is allowed.
+
+        Returns:
+            Logits ``(B, D)`` (or ``(..., D)``), in the network's compute dtype.
+        """
+        lead = z.shape[:-1]
+        logits = self.decoder(z.reshape(-1, self.latent_dim).to(self._param_dtype()))  # (N, D)
+        return logits.reshape(*lead, self.data_dim)  # (..., D)
+
+    def elbo(
+        self,
+        x: torch.Tensor,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Evidence lower bound on ``log p(x)`` per sample (Kingma & Welling 2014, Eq. 10).
+
+        ``ELBO(x) = 1/S sum_s log p(x | z_s) - KL(q(z | x) || N(0, I))`` with reparameterised
+        ``z_s = mu + exp(logvar / 2) * eps_s``, ``eps ~ N(0, I)`` drawn as one ``(S, B, L)``
+        tensor, and the KL in closed form (Appendix B). Computed in (at least) float32.
+
+        Args:
+            x: Inputs in [0, 1], ``(B, D)`` or ``(B, *image_shape)``.
+            num_samples: Monte-Carlo samples ``S >= 1`` averaged in the reconstruction term.
+            generator: Optional RNG for ``eps`` (the global RNG is untouched when given).
+
+        Returns:
+            ELBO in nats, shape ``(B,)``.
+        """
+        x, mu, logvar = self._posterior(x)  # (B, D), (B, L), (B, L)
+        z = self._reparameterise(mu, logvar, num_samples, generator)  # (S, B, L)
+        log_px = self._log_px_given_z(z, x, None)  # (S, B)
+        kl = gaussian_kl_to_standard_normal(mu, logvar)  # (B,)
+        return log_px.mean(dim=0) - kl  # (B,)
+
+    def iwae(
+        self,
+        x: torch.Tensor,
+        num_samples: int = 64,
+        generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
+        """Importance-weighted lower bound on ``log p(x)`` (Burda et al. 2016, Eq. 8).
+
+        ``L_S(x) = log 1/S sum_s p(x | z_s) p(z_s) / q(z_s | x)``, ``z_s ~ q(z | x)``; tighter
+        than the ELBO in expectation and non-decreasing in ``S``. ``eps`` is drawn as one
+        ``(S, B, L)`` tensor (so the result does not depend on ``chunk_size``); the decoder
+        runs over ``chunk_size`` samples at a time. Under ``torch.no_grad()`` memory is then
+        bounded by the chunk; with gradients enabled autograd keeps every chunk.
+
+        Args:
+            x: Inputs in [0, 1], ``(B, D)`` or ``(B, *image_shape)``.
+            num_samples: Importance samples ``S >= 1``.
+            generator: Optional RNG for ``eps`` (the global RNG is untouched when given).
+            chunk_size: Samples decoded at once; ``None`` picks one that keeps
+                ``chunk * B * D`` around 4M elements.
+
+        Returns:
+            Bound in nats, shape ``(B,)``.
+        """
+        x, mu, logvar = self._posterior(x)  # (B, D), (B, L), (B, L)
+        z = self._reparameterise(mu, logvar, num_samples, generator)  # (S, B, L)
+        log_px = self._log_px_given_z(z, x, chunk_size)  # (S, B)
+        log_pz = standard_normal_log_density(z)  # (S, B)
+        log_qz = diagonal_gaussian_log_density(z, mu, logvar)  # (S, B)
+        return iwae_bound(log_px + log_pz - log_qz)  # (B,)
+
+    def log_likelihood(
+        self,
+        x: torch.Tensor,
+        estimator: str | None = None,
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Estimate of ``log p(x)`` (a lower bound) used as the component's density.
+
+        Args:
+            x: Inputs in [0, 1], ``(B, D)`` or ``(B, *image_shape)``.
+            estimator: ``"elbo"`` (:meth:`elbo`) or ``"iwae"`` (:meth:`iwae`); ``None`` uses
+                the constructor's ``estimator``.
+            num_samples: Samples ``S``; ``None`` uses the constructor's ``num_samples``.
+            generator: Optional RNG for the latent noise.
+
+        Returns:
+            Log-likelihood estimate in nats, shape ``(B,)``.
+
+        Raises:
+            ConfigError: If ``estimator`` is unknown or ``num_samples < 1``.
+        """
+        estimator = self.estimator if estimator is None else estimator
+        num_samples = self.num_samples if num_samples is None else num_samples
+        if estimator == "elbo":
+            return self.elbo(x, num_samples=num_samples, generator=generator)
+        if estimator == "iwae":
+            return self.iwae(x, num_samples=num_samples, generator=generator)
+        raise ConfigError(f"estimator={estimator!r} is unknown; allowed: {', '.join(ESTIMATORS)}")
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw images from the model: pixel probabilities ``sigmoid(decode(z))``, ``z ~ N(0, I)``.
+
+        Args:
+            n: Number of samples (>= 0).
+            generator: Optional RNG for ``z`` (the global RNG is untouched when given).
+
+        Returns:
+            Pixel probabilities in [0, 1], shape ``(n, *image_shape)``, float32 or wider.
+        """
+        if not _is_int(n) or n < 0:
+            raise ConfigError(f"n={n!r} is invalid; allowed: an int >= 0")
+        z = self._standard_normal((int(n), self.latent_dim), None, generator)  # (n, L)
+        logits = self.decode(z)  # (n, D)
+        probs = torch.sigmoid(logits.to(_loss_dtype(logits)))  # (n, D)
+        return probs.reshape(int(n), *self.image_shape)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic reconstruction: pixel probabilities ``sigmoid(decode(mu(x)))``.
+
+        Args:
+            x: Inputs ``(B, D)`` or ``(B, *image_shape)``.
+
+        Returns:
+            Pixel probabilities in [0, 1], shape ``(B, *image_shape)``, float32 or wider.
+        """
+        mu, _ = self.encode(x)  # (B, L)
+        logits = self.decode(mu)  # (B, D)
+        probs = torch.sigmoid(logits.to(_loss_dtype(logits)))  # (B, D)
+        return probs.reshape(mu.shape[0], *self.image_shape)
+
+    def weighted_negative_elbo(
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Weighted mean negative ELBO: ``sum_i w_i (-ELBO(x_i)) / sum_i w_i``.
+
+        The FedGMI M-step loss of component ``k`` with ``w_i = r_ik`` (responsibilities).
+        If every weight is zero the result is ``0`` and still attached to the graph (its
+        gradient is zero). Weights are not checked for sign (they must be >= 0).
+
+        Args:
+            x: Inputs in [0, 1], ``(B, D)`` or ``(B, *image_shape)``.
+            weights: Per-sample weights ``(B,)`` >= 0; ``None`` means all ones (plain mean).
+            num_samples: Monte-Carlo samples of the ELBO.
+            generator: Optional RNG for the latent noise.
+
+        Returns:
+            Scalar loss in nats (per sample).
+        """
+        neg_elbo = -self.elbo(x, num_samples=num_samples, generator=generator)  # (B,)
+        if weights is None:
+            return neg_elbo.mean()
+        if weights.shape != neg_elbo.shape:
+            raise ConfigError(
+                f"weights has shape {tuple(weights.shape)}; allowed: ({neg_elbo.shape[0]},) "
+                "matching the batch"
+            )
+        w = weights.to(neg_elbo.dtype)  # (B,)
+        total = w.sum().clamp_min(torch.finfo(w.dtype).tiny)  # zero sum -> 0 / tiny = 0
+        return (w * neg_elbo).sum() / total
+
+    # ------------------------------------------------------------------ Lightning hooks
+    @staticmethod
+    def _unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x``, ``(x,)`` or ``(x, w)`` -> ``(x, w or None)``."""
+        if isinstance(batch, torch.Tensor):
+            return batch, None
+        if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+            x = batch[0]
+            w = batch[1] if len(batch) == 2 else None
+            if w is not None and (
+                not isinstance(w, torch.Tensor)
+                or not torch.is_floating_point(w)
+                or w.shape != (x.shape[0],)
+            ):
+                raise ConfigError(
+                    "batch second element must be float per-sample weights of shape "
+                    f"({x.shape[0]},), got {getattr(w, 'dtype', type(w))} "
+                    f"{tuple(getattr(w, 'shape', ()))} (labels are not accepted)"
+                )
+            return x, w
+        raise ConfigError(
+            f"batch of type {type(batch).__name__} is invalid; allowed: x, (x,) or (x, w)"
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Single-sample weighted negative ELBO; logs ``train/neg_elbo`` (nats).
+
+        Args:
+            batch: ``x``, ``(x,)`` or ``(x, w)`` with per-sample weights ``w`` ``(B,)``.
+            batch_idx: Unused.
+
+        Returns:
+            The scalar loss.
+        """
+        x, w = self._unpack_batch(batch)
+        loss = self.weighted_negative_elbo(x, w)
+        self.log("train/neg_elbo", loss, batch_size=x.shape[0], prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Logs ``val/elbo`` (mean single-sample ELBO, nats) and ``val/elbo_bits_per_dim``.
+
+        The mean is weighted by ``w`` when the batch is ``(x, w)``. Bits per dim is
+        ``-ELBO / (D ln 2)``.
+
+        Args:
+            batch: ``x``, ``(x,)`` or ``(x, w)``.
+            batch_idx: Unused.
+        """
+        x, w = self._unpack_batch(batch)
+        mean_elbo = -self.weighted_negative_elbo(x, w)
+        batch_size = x.shape[0]
+        self.log("val/elbo", mean_elbo, batch_size=batch_size, prog_bar=True)
+        self.log(
+            "val/elbo_bits_per_dim",
+            -mean_elbo / (self.data_dim * math.log(2.0)),
+            batch_size=batch_size,
+        )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over all parameters with the constructor's ``lr``."""
+        return torch.optim.Adam(self.parameters(), lr=self.lr)

@@ -1,0 +1,58 @@
+import numpy as np
+import torch
+
+from fedgmi.algorithms.topic_init import (
+    federated_kmeans,
+    fit_plsa,
+    fit_topic_init,
+    nearest_centroid,
+)
+
+
+def test_plsa_recovers_planted_topics_from_client_histograms():
+    rng = np.random.default_rng(0)
+    k, m, c = 3, 12, 40
+    beta = np.zeros((k, m))
+    for t in range(k):  # topic t lives on its own 4 bins
+        beta[t, 4 * t: 4 * t + 4] = rng.dirichlet(np.ones(4))
+    pi = rng.dirichlet(np.full(k, 0.5), size=c)
+    hists = np.stack([rng.multinomial(400, p @ beta) for p in pi]).astype(float)
+    est_pi, est_beta, _ = fit_plsa(hists, k, restarts=5, iters=200, seed=1)
+    order = [int(np.argmax(est_beta[:, 4 * t: 4 * t + 4].sum(1))) for t in range(k)]
+    assert sorted(order) == [0, 1, 2]
+    assert np.abs(est_pi[:, order] - pi).sum(1).mean() / 2 < 0.05
+
+
+def test_federated_kmeans_finds_separated_clusters_across_clients():
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    clients = []
+    for c in range(6):  # each client sees only two of the four clusters
+        ids = torch.tensor([c % 4, (c + 1) % 4]).repeat_interleave(30)
+        clients.append(centres[ids] + 0.3 * torch.randn(60, 2))
+    found, up, down = federated_kmeans(clients, 4, local_clusters=3, lloyd_rounds=3)
+    dist = torch.cdist(centres, found).min(1).values
+    assert (dist < 0.5).all(), dist
+    assert up > 0 and down > 0
+    assert nearest_centroid(centres, found).unique().numel() == 4
+
+
+def test_topic_init_separates_two_shifted_distributions_by_co_occurrence():
+    torch.manual_seed(0)
+    # component 0: points near the origin, component 1: the same points shifted; clients mix them.
+    base = torch.rand(2000, 2)
+    rng = np.random.default_rng(0)
+    clients, truth = [], []
+    for _ in range(12):
+        pi1 = rng.beta(0.5, 0.5)
+        z = torch.tensor(rng.random(150) < pi1, dtype=torch.long)
+        x = base[torch.randint(0, 2000, (150,))] + 3.0 * z[:, None]
+        clients.append(x)
+        truth.append(z)
+    init = fit_topic_init(clients, 2, num_clusters=10, restarts=5, iters=100)
+    pred = torch.cat([init.log_likelihood_of(x).argmax(1) for x in clients])
+    z = torch.cat(truth)
+    acc = max((pred == z).float().mean(), (pred != z).float().mean())
+    assert acc > 0.98
+    assert init.proportions.shape == (12, 2)
+    torch.testing.assert_close(init.proportions.sum(1), torch.ones(12))
