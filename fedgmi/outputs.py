@@ -6,7 +6,8 @@ Layout::
       config.yaml          the resolved configuration (runs again with --config)
       metrics.csv          one row per evaluation (appended and flushed as it happens)
       metrics.json         final values of every metric, plus rounds and wall_time_s
-      proportions.csv      client, component, learned_component, estimated, true
+      proportions.csv      client, unseen, component, learned_component, estimated, true
+      component_accuracy.csv   head accuracy per (inherent distribution, component), raw and matched
       checkpoints/last.ckpt
 """
 
@@ -58,17 +59,30 @@ class RunDirectory:
         with (self.path / "metrics.json").open("w") as f:
             json.dump(_jsonable(metrics), f, indent=2, sort_keys=True)
 
-    def write_proportions(
-        self, estimated: np.ndarray, true: np.ndarray, mapping: np.ndarray, names: list[str]
-    ) -> None:
+    def write_proportions(self, result, true: np.ndarray, names: list[str], unseen: set[int]) -> None:
         """proportions.csv: per client and TRUE component, the matched estimate and the truth."""
-        learned_of_true = np.argsort(mapping)
+        learned_of_true = np.argsort(result.mapping)
+        est = result.estimated_proportions
         with (self.path / "proportions.csv").open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["client", "component", "learned_component", "estimated", "true"])
+            writer.writerow(["client", "unseen", "component", "learned_component", "estimated", "true"])
             for c in range(true.shape[0]):
                 for t, j in enumerate(learned_of_true):
-                    writer.writerow([c, names[t], int(j), f"{estimated[c, j]:.6f}", f"{true[c, t]:.6f}"])
+                    writer.writerow([c, int(c in unseen), names[t], int(j), f"{est[c, j]:.6f}", f"{true[c, t]:.6f}"])
+
+    def write_component_accuracy(self, result, names: list[str]) -> None:
+        """component_accuracy.csv: rows (table, distribution), columns c0..cK-1, client_model.
+
+        ``raw`` keeps the learned order; in ``matched``, column c_t is the component matched to
+        distribution t, so the diagonal is each component on its own distribution."""
+        k = len(names)
+        with (self.path / "component_accuracy.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["table", "distribution", *[f"c{j}" for j in range(k)], "client_model"])
+            for label, table in (("raw", result.component_accuracy), ("matched", result.component_accuracy_matched)):
+                for t in range(k):
+                    writer.writerow([label, names[t], *[f"{v:.4f}" for v in table[t]],
+                                     f"{result.client_model_accuracy[t]:.4f}"])
 
 
 def _jsonable(value: Any) -> Any:
@@ -94,3 +108,19 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | Non
     console = console or Console()
     console.print(table)
     console.print(f"outputs: {run_dir}")
+
+
+def print_component_table(result, names: list[str], console: Console | None = None) -> None:
+    """The FedGMI paper's component-by-distribution table (matched): rows are the inherent
+    distributions p0..pK-1, columns the components c0..cK-1 and the client model."""
+    k = len(names)
+    table = Table(title="accuracy of each component's classifier on each inherent distribution (matched)")
+    table.add_column("distribution")
+    for j in range(k):
+        table.add_column(f"c{j}", justify="right")
+    table.add_column("client model", justify="right")
+    matched = result.component_accuracy_matched
+    for t in range(k):
+        table.add_row(f"p{t} ({names[t]})", *[f"{v:.3f}" for v in matched[t]],
+                      f"{result.client_model_accuracy[t]:.3f}")
+    (console or Console()).print(table)

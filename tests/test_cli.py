@@ -68,6 +68,8 @@ BAD = [
     (["--fabric.precision", "8-bit"], "8-bit"),
     (["--algorithm.init_args.init", "kmeans"], "kmeans"),
     (["--algorithm.init_args.responsibility", "fuzzy"], "fuzzy"),
+    (["--algorithm.init_args.estep", "both"], "both"),
+    (["--federation.unseen_fraction", "1.0"], "1.0"),
     (["--scenario.dataset", "mnist", "--scenario.data_dir", "no/such/folder",
       "--scenario.download", "false"], "no/such/folder"),
 ]
@@ -83,3 +85,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, needle, tmp_path,
     assert len(err.splitlines()) == 1, err
     assert needle in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None], ids=["empty", "foreign", "missing"])
+def test_test_command_refuses_a_bad_checkpoint_in_one_line(content, tmp_path, capsys):
+    ckpt = tmp_path / "last.ckpt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    code = main(["test", "--config", str(ROOT / "configs" / "pm_digits.yaml"), "--ckpt_path", str(ckpt),
+                 "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "last.ckpt" in err, err
+    assert not (tmp_path / "out").exists()

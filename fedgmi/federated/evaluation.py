@@ -1,14 +1,17 @@
-"""Evaluation of an inferred mixture on the clients' test parts (ground truth used here only).
+"""Evaluation on the clients' test parts (the only place the ground truth is used).
 
-Each client re-estimates its mixture proportions from its own (unlabelled) training part with
-the current global components (:func:`~fedgmi.federated.mixture.estimate_proportions`, starting
-from its stored proportions), then assigns each test sample to its most probable component,
-arg-max_k log pi_ck + log p_k(x). Scores use one Hungarian matching (see
-:mod:`fedgmi.metrics.mixture`).
+Every client re-estimates its mixture proportions from its own training part with the current
+global components (:func:`~fedgmi.federated.mixture.estimate_proportions`; a training client
+starts from its stored proportions and uses the strategy's E-step evidence, an unseen client
+starts from uniform and uses its unlabelled inputs only, no gradient step). Then, on its test
+part, each sample is assigned to arg-max_k log pi_ck + evidence_k, and classified by the
+personalised mixture p_c(y | x) = sum_k post_ck(x) p_k(y | x) (labels never used there).
+Mixture scores use one Hungarian matching, found on the training clients.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +19,8 @@ import torch
 
 from fedgmi.federated.mixture import estimate_proportions
 from fedgmi.federated.strategy import Strategy
-from fedgmi.metrics import nats_to_bits_per_dim, score_mixture
+from fedgmi.metrics import nats_to_bits_per_dim, proportion_errors, score_mixture
+from fedgmi.models.personalized import mixture_predict
 
 
 @dataclass(frozen=True)
@@ -35,64 +39,119 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class MixtureEvaluation:
-    """Result of :func:`evaluate_mixture`.
+class Evaluation:
+    """Result of :func:`evaluate`.
 
     Attributes:
         metrics: Flat scalar metrics (stable keys, see README).
         mapping: (K,) learned -> true component matching.
-        estimated_proportions: (C, K) estimated pi, columns by learned component.
+        estimated_proportions: (C, K) estimated pi of every client, columns by learned component.
+        component_accuracy: (K, K) accuracy of learned component j's head (column) on true
+            distribution t's test data (row), training clients; raw column order.
+        client_model_accuracy: (K,) accuracy of the personalised client models per true t.
         test_nll: (K,) per TRUE component, the matched component's NLL in nats.
     """
 
     metrics: dict[str, float]
     mapping: np.ndarray
     estimated_proportions: np.ndarray
+    component_accuracy: np.ndarray
+    client_model_accuracy: np.ndarray
     test_nll: np.ndarray
+
+    @property
+    def component_accuracy_matched(self) -> np.ndarray:
+        """(K, K) the table with column t the component matched to true distribution t."""
+        return self.component_accuracy[:, np.argsort(self.mapping)]
 
 
 @torch.no_grad()
-def evaluate_mixture(strategy: Strategy, scenario, config: EvalConfig, seed: int = 0) -> MixtureEvaluation:
-    """Score assignments, proportions and per-component test NLL.
+def _client_outputs(strategy: Strategy, client, seen: bool, config: EvalConfig, gen) -> dict:
+    """One client's proportions and per-test-sample outputs."""
+    y_train = client.y_train if seen else None
+    lp, clp = strategy.component_outputs(client.x_train, config.estimator, config.num_samples, gen)
+    start = strategy.client_proportions(client.client_id) if seen else None
+    pi, _ = estimate_proportions(strategy.evidence(lp, clp, y_train), start, config.proportion_iters)
+    lp, clp = strategy.component_outputs(client.x_test, config.estimator, config.num_samples, gen)
+    y = client.y_test.to(lp.device)
+    evidence = strategy.evidence(lp, clp, y if seen else None)
+    return {
+        "pi": pi.cpu(),
+        "assigned": (pi.log() + evidence).argmax(1).cpu(),  # (n,)
+        "personal_correct": (mixture_predict(pi.log(), lp, clp).argmax(1) == y).cpu(),  # (n,)
+        "component_correct": (clp.argmax(2) == y[:, None]).cpu(),  # (n, K)
+        "log_px": lp.cpu(),  # (n, K)
+    }
+
+
+@torch.no_grad()
+def evaluate(strategy: Strategy, scenario, config: EvalConfig, seed: int = 0,
+             unseen: Collection[int] = ()) -> Evaluation:
+    """Score assignments, proportions, personalised accuracy and per-component test NLL.
 
     Args:
         strategy: A trained strategy.
         scenario: The :class:`~fedgmi.data.Scenario` (clients and ground truth).
         config: Estimator settings.
         seed: Seed of the latent noise of the estimates.
+        unseen: Ids of clients that never trained.
 
     Returns:
-        A :class:`MixtureEvaluation`. Metric keys: ``assignment_accuracy``, ``nmi``,
-        ``proportion_error_tv``, ``proportion_error_max``, ``test_nll`` (nats, mean over true
-        components) and ``test_nll_bits_per_dim``.
+        An :class:`Evaluation`; its metric keys are listed in the README.
     """
     gen = torch.Generator(strategy.fabric.device).manual_seed(seed)
-    est_pi, preds, true_z, test_ll = [], [], [], []
-    for client, z_test in zip(scenario.clients, scenario.truth.z_test):
-        ll_train = strategy.component_log_likelihood(
-            client.x_train, config.estimator, config.num_samples, generator=gen)
-        pi, _ = estimate_proportions(
-            ll_train, strategy.client_proportions(client.client_id), config.proportion_iters)
-        ll_test = strategy.component_log_likelihood(
-            client.x_test, config.estimator, config.num_samples, generator=gen)  # (n, K)
-        preds.append((pi.log() + ll_test).argmax(1).cpu())
-        est_pi.append(pi.cpu())
-        true_z.append(z_test.cpu())
-        test_ll.append(ll_test.cpu())
-    true_z_all, preds_all = torch.cat(true_z).numpy(), torch.cat(preds).numpy()
-    est = torch.stack(est_pi).double().numpy()
-    scores = score_mixture(true_z_all, preds_all, est, scenario.truth.proportions.numpy())
-    nll = _matched_nll(torch.cat(test_ll).numpy(), true_z_all, scores.mapping)
-    dims = int(np.prod(scenario.image_shape))
+    unseen = {int(c) for c in unseen}
+    outs = [_client_outputs(strategy, c, c.client_id not in unseen, config, gen) for c in scenario.clients]
+    seen_ids = [c.client_id for c in scenario.clients if c.client_id not in unseen]
+    cat = _concat(outs, seen_ids, scenario)
+    true_pi = scenario.truth.proportions.numpy()
+    est = torch.stack([o["pi"] for o in outs]).double().numpy()
+    scores = score_mixture(cat["z"], cat["assigned"], est[seen_ids], true_pi[seen_ids])
+    per_client_acc = np.array([outs[c]["personal_correct"].float().mean().item() for c in seen_ids])
+    table, client_model = _accuracy_tables(cat, true_pi.shape[1])
+    nll = _matched_nll(cat["log_px"], cat["z"], scores.mapping)
+    matched = table[:, np.argsort(scores.mapping)]
+    off_diag = matched[~np.eye(len(matched), dtype=bool)]
     metrics = {
         "assignment_accuracy": scores.assignment_accuracy,
         "nmi": scores.nmi,
         "proportion_error_tv": scores.proportion_error_tv,
         "proportion_error_max": scores.proportion_error_max,
+        "client_accuracy_mean": float(per_client_acc.mean()),
+        "client_accuracy_p10": float(np.percentile(per_client_acc, 10)),
+        "component_accuracy_diag_min": float(np.diag(matched).min()),
+        "component_accuracy_offdiag_max": float(off_diag.max()) if off_diag.size else float("nan"),
         "test_nll": float(np.nanmean(nll)),
-        "test_nll_bits_per_dim": nats_to_bits_per_dim(float(np.nanmean(nll)), dims),
+        "test_nll_bits_per_dim": nats_to_bits_per_dim(float(np.nanmean(nll)), int(np.prod(scenario.image_shape))),
     }
-    return MixtureEvaluation(metrics, scores.mapping, est, nll)
+    if unseen:
+        ids = sorted(unseen)
+        _, tv, _ = proportion_errors(est[ids], true_pi[ids], scores.mapping)
+        metrics["unseen_client_accuracy_mean"] = float(np.mean(
+            [outs[c]["personal_correct"].float().mean().item() for c in ids]))
+        metrics["unseen_proportion_error_tv"] = tv
+    return Evaluation(metrics, scores.mapping, est, table, client_model, nll)
+
+
+def _concat(outs: list[dict], ids: list[int], scenario) -> dict[str, np.ndarray]:
+    """Per-test-sample arrays of the given clients, concatenated, with true components."""
+    cat = {key: torch.cat([outs[c][key] for c in ids]).numpy()
+           for key in ("assigned", "personal_correct", "component_correct", "log_px")}
+    cat["z"] = torch.cat([scenario.truth.z_test[c] for c in ids]).numpy()
+    return cat
+
+
+def _accuracy_tables(cat: dict[str, np.ndarray], num_components: int) -> tuple[np.ndarray, np.ndarray]:
+    """(K, K) head accuracy per (true distribution, learned component) and (K,) client-model
+    accuracy per true distribution (NaN where a distribution has no test samples)."""
+    table = np.full((num_components, num_components), np.nan)
+    client_model = np.full(num_components, np.nan)
+    for t in range(num_components):
+        mask = cat["z"] == t
+        if mask.any():
+            table[t] = cat["component_correct"][mask].mean(0)
+            client_model[t] = cat["personal_correct"][mask].mean()
+    return table, client_model
 
 
 def _matched_nll(log_lik: np.ndarray, true_z: np.ndarray, mapping: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedgmi.errors import ConfigError
-from fedgmi.federated.evaluation import EvalConfig, MixtureEvaluation, evaluate_mixture
+from fedgmi.federated.evaluation import EvalConfig, Evaluation, evaluate
 from fedgmi.federated.strategy import Strategy
 
 
@@ -27,11 +27,16 @@ class FederationConfig:
         rounds: Communication rounds (>= 1).
         client_fraction: Fraction of clients sampled each round, in (0, 1].
         eval_every: Evaluate every this many rounds (the last round is always evaluated).
+        unseen_fraction: Fraction of clients, in [0, 1), that never train (the last
+            round(fraction * C) client ids; clients are random draws, so any fixed subset is a
+            random one). They are evaluated as new clients: proportions inferred from their
+            unlabelled training part, then personalised prediction on their test part.
     """
 
     rounds: int = 30
     client_fraction: float = 1.0
     eval_every: int = 5
+    unseen_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if int(self.rounds) != self.rounds or self.rounds < 1:
@@ -40,13 +45,21 @@ class FederationConfig:
             raise ConfigError(f"federation.client_fraction = {self.client_fraction!r} must be in (0, 1]")
         if int(self.eval_every) != self.eval_every or self.eval_every < 1:
             raise ConfigError(f"federation.eval_every = {self.eval_every!r} must be an integer >= 1")
+        if not 0 <= self.unseen_fraction < 1:
+            raise ConfigError(f"federation.unseen_fraction = {self.unseen_fraction!r} must be in [0, 1)")
+
+    def split_clients(self, num_clients: int) -> tuple[list[int], list[int]]:
+        """(training ids, unseen ids); at least one client trains."""
+        unseen = min(round(self.unseen_fraction * num_clients), num_clients - 1)
+        return list(range(num_clients - unseen)), list(range(num_clients - unseen, num_clients))
 
 
-def sample_clients(num_clients: int, fraction: float, seed: int, round_idx: int) -> list[int]:
-    """Sorted ids of max(1, round(fraction * C)) clients drawn without replacement."""
-    count = max(1, round(fraction * num_clients))
+def sample_clients(client_ids: list[int], fraction: float, seed: int, round_idx: int) -> list[int]:
+    """Sorted ids of max(1, round(fraction * len(client_ids))) clients drawn without
+    replacement from ``client_ids``, seeded by (seed, round)."""
+    count = max(1, round(fraction * len(client_ids)))
     rng = np.random.default_rng([int(seed), int(round_idx)])
-    return sorted(rng.choice(num_clients, size=count, replace=False).tolist())
+    return sorted(int(c) for c in rng.choice(client_ids, size=count, replace=False))
 
 
 @dataclass
@@ -62,7 +75,7 @@ class RoundLog:
         return time.perf_counter() - self.started
 
 
-EvalCallback = Callable[[int, dict[str, float], MixtureEvaluation], None]
+EvalCallback = Callable[[int, dict[str, float], Evaluation], None]
 
 
 def run_federation(
@@ -74,7 +87,7 @@ def run_federation(
     on_eval: EvalCallback,
     start_round: int = 0,
     progress: bool = True,
-) -> tuple[dict[str, float], MixtureEvaluation]:
+) -> tuple[dict[str, float], Evaluation]:
     """Run rounds ``start_round .. federation.rounds - 1``; evaluate and report along the way.
 
     Args:
@@ -87,7 +100,8 @@ def run_federation(
         The last metrics row and evaluation.
     """
     log = RoundLog(started=time.perf_counter())
-    init_stats = strategy.initialize(scenario.clients) if start_round == 0 else {}
+    train_ids, unseen_ids = federation.split_clients(len(scenario.clients))
+    init_stats = strategy.initialize([scenario.clients[c] for c in train_ids]) if start_round == 0 else {}
     log.bytes_up += int(init_stats.get("bytes_up", 0))
     log.bytes_down += int(init_stats.get("bytes_down", 0))
     row, result = {}, None
@@ -96,19 +110,19 @@ def run_federation(
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task_id = bar.add_task("rounds", total=federation.rounds, completed=start_round, status="")
         for rnd in range(start_round, federation.rounds):
-            ids = sample_clients(len(scenario.clients), federation.client_fraction, seed, rnd)
+            ids = sample_clients(train_ids, federation.client_fraction, seed, rnd)
             tasks = strategy.configure_round(rnd, ids)
             replies = [strategy.client_update(t, scenario.clients[t.client_id]) for t in tasks]
             log.bytes_down += sum(t.bytes_down for t in tasks)
             log.bytes_up += sum(r.bytes_up for r in replies)
             round_metrics = strategy.aggregate(rnd, replies)
             if (rnd + 1) % federation.eval_every == 0 or rnd + 1 == federation.rounds:
-                result = evaluate_mixture(strategy, scenario, evaluation, seed)
+                result = evaluate(strategy, scenario, evaluation, seed, unseen_ids)
                 row = {"round": rnd + 1, **round_metrics, **result.metrics,
                        "bytes_up": log.bytes_up, "bytes_down": log.bytes_down,
                        "wall_time_s": log.wall_time_s}
                 on_eval(rnd + 1, row, result)
-                bar.update(task_id, status=f"acc {row['assignment_accuracy']:.3f} "
-                           f"tv {row['proportion_error_tv']:.3f}")
+                bar.update(task_id, status=f"assign {row['assignment_accuracy']:.3f} "
+                           f"tv {row['proportion_error_tv']:.3f} acc {row['client_accuracy_mean']:.3f}")
             bar.update(task_id, advance=1)
     return row, result

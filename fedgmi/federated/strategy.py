@@ -87,8 +87,18 @@ class Strategy(ABC):
         """Turn the round's replies into the new global state; return scalar round metrics."""
 
     @abstractmethod
-    def component_log_likelihood(self, x: torch.Tensor, estimator: str, num_samples: int) -> torch.Tensor:
-        """(N, K) log-likelihood of each of the (N, D) samples under each component, nats."""
+    def component_outputs(
+        self, x: torch.Tensor, estimator: str | None = None, num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-component density and class predictions on (N, D) ``x``: (N, K) log p_k(x) in
+        nats and (N, K, Y) log p_k(y | x)."""
+
+    def evidence(self, log_px: torch.Tensor, class_log_probs: torch.Tensor,
+                 y: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, K) per-sample E-step evidence from :meth:`component_outputs` (default: log p_k(x);
+        an algorithm that uses labels adds log p_k(y | x) when ``y`` is given)."""
+        return log_px
 
     def client_proportions(self, client_id: int) -> torch.Tensor | None:
         """(K,) the client's current mixture proportions, or ``None`` if it has none yet."""

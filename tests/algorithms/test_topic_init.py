@@ -56,3 +56,30 @@ def test_topic_init_separates_two_shifted_distributions_by_co_occurrence():
     assert acc > 0.98
     assert init.proportions.shape == (12, 2)
     torch.testing.assert_close(init.proportions.sum(1), torch.ones(12))
+
+
+def test_label_tokens_separate_components_that_differ_only_in_their_labels():
+    torch.manual_seed(1)
+    rng = np.random.default_rng(1)
+    clients_x, clients_y, truth = [], [], []
+    for _ in range(16):  # same inputs in both components; component 1 swaps the labels
+        z = torch.tensor(rng.random(200) < rng.beta(0.5, 0.5), dtype=torch.long)
+        blob = torch.randint(0, 4, (200,))
+        x = torch.stack([blob % 2, blob // 2], 1) * 5.0 + 0.3 * torch.randn(200, 2)
+        y = (blob % 2) ^ z
+        clients_x.append(x)
+        clients_y.append(y)
+        truth.append(z)
+    z = torch.cat(truth)
+
+    def accuracy(init, with_labels):
+        pred = torch.cat([init.log_likelihood_of(x, y if with_labels else None).argmax(1)
+                          for x, y in zip(clients_x, clients_y)])
+        return max((pred == z).float().mean().item(), (pred != z).float().mean().item())
+
+    labelled = fit_topic_init(clients_x, 2, num_clusters=4, restarts=5, iters=100,
+                              clients_y=clients_y, num_classes=2)
+    plain = fit_topic_init(clients_x, 2, num_clusters=4, restarts=5, iters=100)
+    assert accuracy(labelled, True) > 0.97
+    assert accuracy(plain, False) < 0.9  # the inputs alone cannot tell the components apart
+    assert labelled.log_beta.shape == (2, 8)

@@ -1,0 +1,115 @@
+"""FedGMI's client update and aggregation on real (digits) data."""
+
+import math
+
+import lightning
+import pytest
+import torch
+from torch.nn.utils import parameters_to_vector
+
+from fedgmi.algorithms.fedgmi import FedGMI
+from fedgmi.data import ScenarioConfig, build_scenario
+from fedgmi.errors import ConfigError
+from fedgmi.federated.strategy import ProblemSpec
+from fedgmi.models import ComponentVAE
+
+
+@pytest.fixture(scope="module")
+def scenario(digits_base):
+    cfg = ScenarioConfig(dataset="digits", num_clients=6, samples_per_client=(100, 140), seed=3)
+    return build_scenario(cfg, base=digits_base)
+
+
+def make_strategy(scenario, **kw):
+    def component(shape):
+        return ComponentVAE(shape, hidden_dims=(32,), latent_dim=4)
+
+    strategy = FedGMI(component=component, topic_clusters=12, topic_restarts=3, **kw)
+    spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes,
+                       len(scenario.clients))
+    strategy.setup(spec, lightning.Fabric(accelerator="cpu", devices=1), seed=0)
+    strategy.initialize(scenario.clients)
+    return strategy
+
+
+def test_components_start_different_and_topic_init_gives_every_client_proportions(scenario):
+    strategy = make_strategy(scenario)
+    a, b, _ = strategy.global_state
+    assert not torch.equal(a, b)
+    for client in scenario.clients:
+        pi = strategy.client_proportions(client.client_id)
+        assert pi.shape == (3,) and pi.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("phase_round", [0, 20])  # warm-up (topic) round and VAE round
+def test_client_update_reply_is_deterministic_and_consistent(scenario, phase_round):
+    strategy = make_strategy(scenario, min_mass=5.0)
+    task = strategy.configure_round(phase_round, [2])[0]
+    sent = [t.clone() for t in task.global_state]
+    saved = {c: dict(s) for c, s in strategy.client_state.items()}
+    reply = strategy.client_update(task, scenario.clients[2])
+    strategy.client_state = saved  # the update moved the client's proportions; start again
+    again = strategy.client_update(task, scenario.clients[2])
+    n = len(scenario.clients[2].x_train)
+    for before, theta in zip(sent, strategy.global_state):  # the server's copy is untouched
+        assert torch.equal(before, theta)
+    assert reply.num_examples == n
+    assert reply.component_weights.sum().item() == pytest.approx(n, rel=1e-5)
+    for w, u, u2, theta in zip(reply.component_weights, reply.updates, again.updates, task.global_state):
+        assert (u is None) == (w.item() < 5.0)
+        if u is not None:
+            assert u.shape == theta.shape and u.abs().max() > 0
+            torch.testing.assert_close(u, u2)
+    assert reply.bytes_up == sum(u.numel() * 4 for u in reply.updates if u is not None) + 3 * 4
+
+
+def test_aggregating_one_client_moves_each_sent_component_to_its_parameters(scenario):
+    strategy = make_strategy(scenario)
+    task = strategy.configure_round(0, [0])[0]
+    reply = strategy.client_update(task, scenario.clients[0])
+    strategy.aggregate(0, [reply])
+    for theta, u, new in zip(task.global_state, reply.updates, strategy.global_state):
+        expected = theta if u is None else theta + u
+        torch.testing.assert_close(new, expected)
+
+
+def test_local_training_lowers_the_weighted_negative_elbo(scenario):
+    strategy = make_strategy(scenario, local_epochs=40)
+    client = scenario.clients[1]
+    task = strategy.configure_round(0, [1])[0]
+    r = strategy.topic.log_likelihood_of(client.x_train).softmax(1)
+    k = int(r.sum(0).argmax())
+    before = strategy.load_component(task.global_state[k]).vae.weighted_negative_elbo(client.x_train, r[:, k])
+    reply = strategy.client_update(task, client)
+    vae = strategy.load_component(task.global_state[k] + reply.updates[k]).vae
+    after = vae.weighted_negative_elbo(client.x_train, r[:, k])
+    assert after < before - 5.0, (before, after)
+    assert parameters_to_vector(strategy.component.parameters()).shape == task.global_state[k].shape
+
+
+@pytest.mark.parametrize("kw", [{"init": "kmeans"}, {"local_epochs": 0}, {"estimator": "exact"},
+                                {"responsibility": "fuzzy"}, {"temperature": 0.0}])
+def test_bad_options_are_one_line_config_errors(kw):
+    with pytest.raises(ConfigError) as err:
+        FedGMI(**kw)
+    assert "\n" not in str(err.value) and str(next(iter(kw.values()))) in str(err.value)
+
+
+def test_joint_and_label_free_evidence_in_a_closed_form_case():
+    from fedgmi.federated.mixture import responsibilities
+
+    log_px = torch.tensor([[-10.0, -11.0], [-5.0, -5.0]])  # (N=2, K=2)
+    py = torch.tensor([[[0.9, 0.1], [0.2, 0.8]], [[0.5, 0.5], [0.99, 0.01]]])  # (N, K, Y)
+    y = torch.tensor([1, 0])
+    free = FedGMI(estep="label_free").evidence(log_px, py.log(), y)
+    torch.testing.assert_close(free, log_px)
+    joint = FedGMI(estep="joint").evidence(log_px, py.log(), y)
+    torch.testing.assert_close(joint, log_px + torch.tensor([[0.1, 0.8], [0.5, 0.99]]).log())
+    # posterior with pi = (0.5, 0.5): p(k | x, y) proportional to p_k(x) p_k(y | x)
+    r = responsibilities(torch.tensor([0.5, 0.5]).log(), joint)
+    a = torch.tensor([math.exp(-10) * 0.1, math.exp(-11) * 0.8])
+    torch.testing.assert_close(r[0], a / a.sum())
+    torch.testing.assert_close(r[1], torch.tensor([0.5, 0.99]) / 1.49)
+    # the label weight scales log p_k(y | x)
+    weighted = FedGMI(estep="joint", label_weight=3.0).evidence(log_px, py.log(), y)
+    torch.testing.assert_close(weighted, log_px + 3 * torch.tensor([[0.1, 0.8], [0.5, 0.99]]).log())
