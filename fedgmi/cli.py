@@ -102,7 +102,7 @@ def prepare(parser: ArgumentParser, cfg: Namespace, suffix: str = "") -> Prepare
     scenario = build_scenario(objs.scenario)
     name = f"{objs.scenario.dataset}-{type(objs.algorithm).__name__.lower()}{suffix}"
     run = RunDirectory(sub_cfg.output_dir or default_output_dir(name))
-    run.write_config(sub_parser.dump(sub_cfg, skip_none=False))
+    run.write_config(sub_parser.dump(sub_cfg))
     fabric = lightning.Fabric(accelerator=objs.fabric.accelerator, devices=objs.fabric.devices,
                               precision=objs.fabric.precision)
     lightning.seed_everything(sub_cfg.seed, verbose=False)

@@ -67,9 +67,8 @@ class FedGMI(Strategy):
     Args:
         component: Builds one component's VAE from the image shape; default
             ``ComponentVAE(hidden_dims=(200,), latent_dim=10)``. In config:
-            ``class_path``/``init_args`` without ``image_shape``. Capacity matters: a VAE
-            large enough to model two inherent distributions at once lets the larger
-            component absorb the smaller one over the rounds (measured in the README).
+            ``class_path``/``init_args`` without ``image_shape``. On the MNIST scenario a
+            400-20 VAE scores about the same at 1.25x the time (measured in the README).
         classifier: Builds one component's head from (image_shape, num_classes); default
             ``MLPClassifier`` 784-200-10. In config: ``class_path``/``init_args`` without
             those two.
