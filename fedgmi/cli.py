@@ -17,9 +17,11 @@ import time
 from dataclasses import dataclass
 
 import lightning
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_instance
 from rich.console import Console
 
+from fedgmi import tracking
 from fedgmi.algorithms.fedgmi import FedGMI
 from fedgmi.data import ScenarioConfig, build_scenario
 from fedgmi.errors import ConfigError
@@ -28,6 +30,8 @@ from fedgmi.federated.evaluation import EvalConfig, evaluate
 from fedgmi.federated.server import FederationConfig, run_federation
 from fedgmi.federated.strategy import ProblemSpec, Strategy
 from fedgmi.outputs import RunDirectory, default_output_dir, print_component_table, print_summary
+from fedgmi.report import write_plots
+from fedgmi.tracking import LoggingConfig
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
 
@@ -64,6 +68,7 @@ def _run_parser(description: str) -> ArgumentParser:
     parser.add_class_arguments(FederationConfig, "federation")
     parser.add_class_arguments(EvalConfig, "evaluation")
     parser.add_class_arguments(FabricConfig, "fabric")
+    parser.add_class_arguments(LoggingConfig, "logging")
     parser.add_subclass_arguments(Strategy, "algorithm", default=lazy_instance(FedGMI), required=False)
     return parser
 
@@ -102,9 +107,14 @@ def prepare(parser: ArgumentParser, cfg: Namespace, suffix: str = "") -> Prepare
     scenario = build_scenario(objs.scenario)
     name = f"{objs.scenario.dataset}-{type(objs.algorithm).__name__.lower()}{suffix}"
     run = RunDirectory(sub_cfg.output_dir or default_output_dir(name))
-    run.write_config(sub_parser.dump(sub_cfg))
+    config_text = sub_parser.dump(sub_cfg)
+    run.write_config(config_text)
+    loggers, notes = tracking.build_loggers(objs.logging, run.path, run.path.name)
+    for note in notes:
+        print(f"fedgmi: {note}", file=sys.stderr)
     fabric = lightning.Fabric(accelerator=objs.fabric.accelerator, devices=objs.fabric.devices,
-                              precision=objs.fabric.precision)
+                              precision=objs.fabric.precision, loggers=loggers)
+    tracking.log_hyperparams(fabric, yaml.safe_load(config_text))
     lightning.seed_everything(sub_cfg.seed, verbose=False)
     spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes,
                        len(scenario.clients))
@@ -129,6 +139,7 @@ def finish(p: Prepared, row: dict, result, started: float, console: Console) -> 
              "component_accuracy_matched": result.component_accuracy_matched,
              "client_model_accuracy": dict(zip(names, result.client_model_accuracy))}
     p.run.write_metrics_json(final)
+    tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.evaluation.num_samples))
     print_summary(final, p.run.path, console)
     print_component_table(result, names, console)
     return final
@@ -142,6 +153,7 @@ def fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
 
     def on_eval(rnd: int, row: dict, result) -> None:
         p.run.append_metrics(row)
+        tracking.log_metrics(p.fabric, row)
         write_evaluation(p, result, row)
         save_checkpoint(p.fabric, p.run.checkpoint_path, {"round": rnd, "strategy": p.strategy.state_dict()})
 
@@ -159,6 +171,7 @@ def test(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
     result = evaluate(p.strategy, p.scenario, p.objs.evaluation, cfg.test.seed, p.unseen)
     row = {"round": int(state["round"]), **result.metrics}
     p.run.append_metrics(row)
+    tracking.log_metrics(p.fabric, row)
     write_evaluation(p, result, row)
     return finish(p, row, result, started, console)
 

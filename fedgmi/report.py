@@ -1,0 +1,49 @@
+"""The plots of a finished evaluation, written to ``<run>/plots/`` (see :mod:`fedgmi.plots`)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedgmi import plots
+
+CURVE_KEYS = ("assignment_accuracy", "proportion_error_tv", "client_accuracy_mean", "nmi")
+
+
+@torch.no_grad()
+def write_plots(run_dir: Path, strategy, scenario, result, num_images: int = 8, seed: int = 0) -> dict[str, Path]:
+    """Write the run's PNGs and return them by name.
+
+    proportions (estimated vs true, per client and component), samples (a row of draws from
+    each component VAE, in true-distribution order), reconstructions (test images of each
+    inherent distribution and their reconstruction by its matched component), curves (metrics
+    over rounds, from metrics.csv) and component_accuracy (the matched table as a heatmap).
+    """
+    out = run_dir / "plots"
+    names = scenario.component_names
+    learned_of_true = np.argsort(result.mapping)  # true t -> learned j
+    rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader((run_dir / "metrics.csv").open())]
+    gen = torch.Generator(strategy.fabric.device).manual_seed(seed)
+    samples, pairs, labels = [], [], []
+    x_test = torch.cat([c.x_test for c in scenario.clients])
+    z_test = torch.cat(list(scenario.truth.z_test))
+    for t, j in enumerate(learned_of_true):
+        vae = strategy.load_component(strategy.global_state[j]).vae
+        samples.append(vae.sample(num_images, generator=gen).cpu())
+        x = x_test[z_test == t][:num_images].to(strategy.fabric.device)
+        pairs += [x.reshape(-1, *scenario.image_shape).cpu(), vae.reconstruct(x).cpu()]
+        labels += [f"{names[t]} test", f"c{t} recon."]
+    return {
+        "proportions": plots.plot_proportions(result.estimated_proportions[:, learned_of_true],
+                                              scenario.truth.proportions.numpy(), names, out / "proportions.png"),
+        "samples": plots.plot_image_grid(samples, [f"c{t} ({n})" for t, n in enumerate(names)],
+                                         out / "samples.png", "samples from each component VAE"),
+        "reconstructions": plots.plot_image_grid(pairs, labels, out / "reconstructions.png",
+                                                 "test images and reconstructions"),
+        "curves": plots.plot_metric_curves(rows, CURVE_KEYS, out / "curves.png"),
+        "component_accuracy": plots.plot_component_accuracy(
+            result.component_accuracy_matched, result.client_model_accuracy, names, out / "component_accuracy.png"),
+    }

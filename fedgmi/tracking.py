@@ -1,0 +1,125 @@
+"""Experiment tracking: the loggers handed to Fabric, and the stable metric keys.
+
+CSV is always on (``<run>/logs/metrics.csv``); Weights & Biases (the Fabric logger shipped in
+the ``wandb`` package) and TensorBoard are optional. Logged keys carry a prefix by kind:
+``train/`` (local training), ``eval/`` (evaluation), ``comm/`` (bytes), ``time/`` (seconds);
+``metrics.csv`` and ``metrics.json`` in the run directory keep the bare keys.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning
+from lightning.fabric.loggers import CSVLogger, Logger
+
+from fedgmi.errors import ConfigError
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class LoggingConfig:
+    """Which loggers a run uses.
+
+    Attributes:
+        wandb: Log to Weights & Biases too.
+        wandb_project: W&B project name.
+        wandb_mode: "online", "offline" or "disabled"; ``None`` follows ``WANDB_MODE``, and
+            without it logs online when a W&B login exists, else offline (and says so).
+        tensorboard: Log to TensorBoard too (needs the ``tensorboard`` package).
+    """
+
+    wandb: bool = False
+    wandb_project: str = "fedgmi"
+    wandb_mode: str | None = None
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.wandb_mode is not None and self.wandb_mode not in WANDB_MODES:
+            raise ConfigError(f"logging.wandb_mode = {self.wandb_mode!r}; choose one of: {', '.join(WANDB_MODES)}")
+
+
+def metric_key(key: str) -> str:
+    """The logged name of a bare metric key: train/..., comm/..., time/... or eval/..."""
+    if key.startswith("train_"):
+        return "train/" + key[len("train_"):]
+    if key.startswith("bytes_") or key == "components_sent_per_client":
+        return "comm/" + key
+    if key.endswith("_s"):
+        return "time/" + key
+    return "eval/" + key
+
+
+def wandb_mode(config: LoggingConfig) -> tuple[str, str | None]:
+    """(mode, note): the W&B mode to use and, when it fell back to offline, why."""
+    if config.wandb_mode is not None:
+        return config.wandb_mode, None
+    env = os.environ.get("WANDB_MODE", "").strip()
+    if env:
+        return ("offline" if env == "dryrun" else env), None
+    if os.environ.get("WANDB_API_KEY") or _netrc_has_wandb():
+        return "online", None
+    return "offline", "no W&B login found: logging offline; upload later with `wandb sync`"
+
+
+def _netrc_has_wandb() -> bool:
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def build_loggers(config: LoggingConfig, run_dir: Path, run_name: str) -> tuple[list[Logger], list[str]]:
+    """The loggers for ``lightning.Fabric(loggers=...)`` and notes to print.
+
+    Raises:
+        ConfigError: TensorBoard asked for without the ``tensorboard`` package.
+    """
+    loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version="")]
+    notes: list[str] = []
+    if config.tensorboard:
+        try:
+            from lightning.fabric.loggers import TensorBoardLogger
+            loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+        except ModuleNotFoundError as err:
+            raise ConfigError(f"logging.tensorboard = true needs {err.name!r}: pip install tensorboard") from None
+    if config.wandb:
+        mode, note = wandb_mode(config)
+        if note:
+            notes.append(note)
+        if mode != "disabled":
+            from wandb.integration.lightning.fabric import WandbLogger
+            loggers.append(WandbLogger(project=config.wandb_project, name=run_name, save_dir=str(run_dir),
+                                       offline=mode == "offline", mode=mode))
+    return loggers, notes
+
+
+def log_hyperparams(fabric: lightning.Fabric, config: dict[str, Any]) -> None:
+    """Log the resolved configuration once, to every logger that takes hyperparameters (the
+    CSV logger does not; the run directory's config.yaml holds it)."""
+    for logger in fabric.loggers:
+        if not isinstance(logger, CSVLogger):
+            logger.log_hyperparams(config)
+
+
+def log_metrics(fabric: lightning.Fabric, row: dict[str, Any]) -> None:
+    """Log one evaluation row (bare keys, with ``round``) under the prefixed keys, step = round."""
+    metrics = {metric_key(k): float(v) for k, v in row.items() if k != "round" and isinstance(v, (int, float))}
+    fabric.log_dict(metrics, step=int(row["round"]))
+
+
+def finish(fabric: lightning.Fabric, images: dict[str, Path] | None = None) -> None:
+    """Send the run's plots to the loggers that take images, then flush and close them all."""
+    for logger in fabric.loggers:
+        if images and hasattr(logger, "log_image"):
+            for key, path in images.items():
+                logger.log_image(key=f"plots/{key}", images=[str(path)])
+        logger.finalize("success")
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish()

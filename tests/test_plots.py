@@ -1,0 +1,98 @@
+"""Tests for fedgmi.plots: every figure is a 600 x 500 PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import torch
+
+from fedgmi import plots
+
+SHAPE = (500, 600)
+
+
+def _check_png(path: Path) -> None:
+    assert path.is_file()
+    assert path.stat().st_size > 0
+    assert mpimg.imread(path).shape[:2] == SHAPE
+
+
+def _proportions(rng: np.random.Generator, c: int = 6, k: int = 3) -> np.ndarray:
+    return rng.dirichlet(np.ones(k), size=c)
+
+
+def test_figsize_constants() -> None:
+    assert plots.FIGSIZE == (6, 5)
+    assert plots.DPI == 100
+
+
+def test_proportions_perfect_vs_shuffled(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    true = _proportions(rng)
+    names = ["mnist", "fashion", "kmnist"]
+    perfect = plots.plot_proportions(true.copy(), true, names, tmp_path / "perfect.png")
+    shuffled_est = true[rng.permutation(true.shape[0])][:, ::-1]
+    shuffled = plots.plot_proportions(shuffled_est, true, names, tmp_path / "shuffled.png")
+    assert isinstance(perfect, Path)
+    _check_png(perfect)
+    _check_png(shuffled)
+    assert perfect.read_bytes() != shuffled.read_bytes()
+
+
+def test_proportions_accepts_tensors_and_rejects_shape_mismatch(tmp_path: Path) -> None:
+    true = torch.tensor([[0.5, 0.5], [0.2, 0.8]])
+    _check_png(plots.plot_proportions(true.clone(), true, ["a", "b"], tmp_path / "t.png"))
+    with pytest.raises(ValueError):
+        plots.plot_proportions(np.ones((2, 3)) / 3, np.ones((2, 2)) / 2, ["a", "b"], tmp_path / "x")
+
+
+@pytest.mark.parametrize("channel", [True, False])
+def test_image_grid_shapes(tmp_path: Path, channel: bool) -> None:
+    rng = np.random.default_rng(1)
+    shape = (5, 1, 8, 8) if channel else (5, 8, 8)
+    rows = [rng.random(shape), rng.random(shape)]
+    out = plots.plot_image_grid(rows, ["original", "reconstruction"], tmp_path / "g.png", "t")
+    _check_png(out)
+
+
+def test_image_grid_tensor_rows(tmp_path: Path) -> None:
+    rows = [torch.rand(4, 1, 6, 6, requires_grad=True) for _ in range(3)]
+    _check_png(plots.plot_image_grid(rows, ["c0", "c1", "c2"], tmp_path / "g.png", "samples"))
+
+
+def test_metric_curves(tmp_path: Path) -> None:
+    rows = [{"round": r, "acc": 0.1 * r, "loss": 1.0 / (r + 1)} for r in range(5)]
+    _check_png(plots.plot_metric_curves(rows, ["acc", "loss", "absent"], tmp_path / "m.png"))
+
+
+def test_metric_curves_no_matching_keys(tmp_path: Path) -> None:
+    rows = [{"round": r, "acc": 0.1 * r} for r in range(3)]
+    _check_png(plots.plot_metric_curves(rows, ["nothing"], tmp_path / "none.png"))
+    _check_png(plots.plot_metric_curves([], ["acc"], tmp_path / "empty.png"))
+
+
+def test_component_accuracy_k3(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    matched = rng.random((3, 3))
+    client = rng.random(3)
+    out = plots.plot_component_accuracy(matched, client, ["a", "b", "c"], tmp_path / "h.png")
+    _check_png(out)
+    with pytest.raises(ValueError):
+        plots.plot_component_accuracy(matched, client[:2], ["a", "b", "c"], tmp_path / "bad.png")
+
+
+def test_accuracy_vs_bytes(tmp_path: Path) -> None:
+    rows = [
+        {
+            "round": r,
+            "bytes_up": 2e6 * r,
+            "assignment_accuracy": 0.2 * r,
+            "proportion_error_tv": 0.5,
+        }
+        for r in range(4)
+    ]
+    _check_png(plots.plot_accuracy_vs_bytes(rows, tmp_path / "b.png"))
+    _check_png(plots.plot_accuracy_vs_bytes([{"round": 0}], tmp_path / "none.png"))
