@@ -130,7 +130,7 @@ def write_evaluation(p: Prepared, result, row: dict) -> None:
 
 
 def finish(p: Prepared, row: dict, result, started: float, console: Console) -> dict:
-    """metrics.json, the summary and the component table."""
+    """metrics.json, plots (also sent to the loggers), the summary and the component table."""
     names = p.scenario.component_names
     final = {**row, "rounds": p.objs.federation.rounds, "wall_time_s": time.perf_counter() - started,
              "component_matching": result.mapping,
@@ -139,7 +139,7 @@ def finish(p: Prepared, row: dict, result, started: float, console: Console) -> 
              "component_accuracy_matched": result.component_accuracy_matched,
              "client_model_accuracy": dict(zip(names, result.client_model_accuracy))}
     p.run.write_metrics_json(final)
-    tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.evaluation.num_samples))
+    tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.seed))
     print_summary(final, p.run.path, console)
     print_component_table(result, names, console)
     return final

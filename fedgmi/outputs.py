@@ -24,6 +24,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from fedgmi.metrics import learned_of_true
+
 
 def default_output_dir(name: str) -> Path:
     """``runs/<name>-<YYYYmmdd-HHMMSS>`` (relative to the working directory)."""
@@ -61,13 +63,13 @@ class RunDirectory:
 
     def write_proportions(self, result, true: np.ndarray, names: list[str], unseen: set[int]) -> None:
         """proportions.csv: per client and TRUE component, the matched estimate and the truth."""
-        learned_of_true = np.argsort(result.mapping)
+        learned = learned_of_true(result.mapping)
         est = result.estimated_proportions
         with (self.path / "proportions.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["client", "unseen", "component", "learned_component", "estimated", "true"])
             for c in range(true.shape[0]):
-                for t, j in enumerate(learned_of_true):
+                for t, j in enumerate(learned):
                     writer.writerow([c, int(c in unseen), names[t], int(j), f"{est[c, j]:.6f}", f"{true[c, t]:.6f}"])
 
     def write_component_accuracy(self, result, names: list[str]) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fedgmi import plots
+from fedgmi.metrics import learned_of_true
 
 CURVE_KEYS = ("assignment_accuracy", "proportion_error_tv", "client_accuracy_mean", "nmi")
 
@@ -24,20 +24,20 @@ def write_plots(run_dir: Path, strategy, scenario, result, num_images: int = 8, 
     """
     out = run_dir / "plots"
     names = scenario.component_names
-    learned_of_true = np.argsort(result.mapping)  # true t -> learned j
+    learned = learned_of_true(result.mapping)  # true t -> learned j
     rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader((run_dir / "metrics.csv").open())]
     gen = torch.Generator(strategy.fabric.device).manual_seed(seed)
     samples, pairs, labels = [], [], []
     x_test = torch.cat([c.x_test for c in scenario.clients])
     z_test = torch.cat(list(scenario.truth.z_test))
-    for t, j in enumerate(learned_of_true):
+    for t, j in enumerate(learned):
         vae = strategy.load_component(strategy.global_state[j]).vae
         samples.append(vae.sample(num_images, generator=gen).cpu())
         x = x_test[z_test == t][:num_images].to(strategy.fabric.device)
         pairs += [x.reshape(-1, *scenario.image_shape).cpu(), vae.reconstruct(x).cpu()]
         labels += [f"{names[t]} test", f"c{t} recon."]
     return {
-        "proportions": plots.plot_proportions(result.estimated_proportions[:, learned_of_true],
+        "proportions": plots.plot_proportions(result.estimated_proportions[:, learned],
                                               scenario.truth.proportions.numpy(), names, out / "proportions.png"),
         "samples": plots.plot_image_grid(samples, [f"c{t} ({n})" for t, n in enumerate(names)],
                                          out / "samples.png", "samples from each component VAE"),

@@ -32,7 +32,7 @@ from fedgmi.errors import ConfigError
 from fedgmi.federated.aggregation import aggregate_components
 from fedgmi.federated.mixture import check_rule, estimate_proportions
 from fedgmi.federated.strategy import ProblemSpec, Strategy
-from fedgmi.models import ComponentVAE
+from fedgmi.models import ESTIMATORS, ComponentVAE
 from fedgmi.models.component import MixtureComponent
 from fedgmi.models.heads import MLPClassifier
 from fedgmi.models.personalized import PersonalizedMixture
@@ -40,6 +40,11 @@ from fedgmi.types import ClientReply, ClientTask
 
 INITS = ("topic", "random")
 ESTEPS = ("label_free", "joint")
+
+
+ComponentFactory = Callable[[tuple[int, ...]], ComponentVAE]
+OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
+ClassifierFactory = Callable[[tuple[int, ...], int], torch.nn.Module]
 
 
 @torch.no_grad()
@@ -56,9 +61,6 @@ def copy_into_parameters(vec: torch.Tensor, parameters: Iterable[torch.nn.Parame
         offset += p.numel()
     if offset != vec.numel():
         raise ValueError(f"vector has {vec.numel()} entries, the parameters {offset}")
-ComponentFactory = Callable[[tuple[int, ...]], ComponentVAE]
-OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
-ClassifierFactory = Callable[[tuple[int, ...], int], torch.nn.Module]
 
 
 class FedGMI(Strategy):
@@ -130,7 +132,7 @@ class FedGMI(Strategy):
     ) -> None:
         check_rule(responsibility, temperature)
         for name, value, allowed in [("init", init, INITS), ("estep", estep, ESTEPS),
-                                     ("estimator", estimator, ("elbo", "iwae"))]:
+                                     ("estimator", estimator, ESTIMATORS)]:
             if value not in allowed:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
         for name, value, low in [

@@ -19,7 +19,7 @@ import torch
 
 from fedgmi.federated.mixture import estimate_proportions
 from fedgmi.federated.strategy import Strategy
-from fedgmi.metrics import nats_to_bits_per_dim, proportion_errors, score_mixture
+from fedgmi.metrics import learned_of_true, nats_to_bits_per_dim, proportion_errors, score_mixture
 from fedgmi.models.personalized import mixture_predict
 
 
@@ -62,7 +62,7 @@ class Evaluation:
     @property
     def component_accuracy_matched(self) -> np.ndarray:
         """(K, K) the table with column t the component matched to true distribution t."""
-        return self.component_accuracy[:, np.argsort(self.mapping)]
+        return self.component_accuracy[:, learned_of_true(self.mapping)]
 
 
 @torch.no_grad()
@@ -110,7 +110,7 @@ def evaluate(strategy: Strategy, scenario, config: EvalConfig, seed: int = 0,
     per_client_acc = np.array([outs[c]["personal_correct"].float().mean().item() for c in seen_ids])
     table, client_model = _accuracy_tables(cat, true_pi.shape[1])
     nll = _matched_nll(cat["log_px"], cat["z"], scores.mapping)
-    matched = table[:, np.argsort(scores.mapping)]
+    matched = table[:, learned_of_true(scores.mapping)]
     off_diag = matched[~np.eye(len(matched), dtype=bool)]
     metrics = {
         "assignment_accuracy": scores.assignment_accuracy,
@@ -157,9 +157,8 @@ def _accuracy_tables(cat: dict[str, np.ndarray], num_components: int) -> tuple[n
 def _matched_nll(log_lik: np.ndarray, true_z: np.ndarray, mapping: np.ndarray) -> np.ndarray:
     """(K,) for each true component t, -mean log p_j(x) over its test samples, with j the
     learned component matched to t (NaN when t has no test samples)."""
-    learned_of_true = np.argsort(mapping)  # inverse permutation: true t -> learned j
     nll = np.full(len(mapping), np.nan)
-    for t, j in enumerate(learned_of_true):
+    for t, j in enumerate(learned_of_true(mapping)):
         mask = true_z == t
         if mask.any():
             nll[t] = -log_lik[mask, j].mean()

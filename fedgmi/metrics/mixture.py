@@ -50,6 +50,12 @@ def match_components(true: np.ndarray, pred: np.ndarray, num_components: int) ->
     return mapping
 
 
+def learned_of_true(mapping: np.ndarray) -> np.ndarray:
+    """Invert a matching: (K,) ``learned_of_true[t]`` = the learned component matched to true t
+    (``mapping[j]`` = the true component of learned j)."""
+    return np.argsort(np.asarray(mapping))
+
+
 def assignment_accuracy(true: np.ndarray, pred: np.ndarray, mapping: np.ndarray) -> float:
     """Fraction of samples whose assigned component, mapped to a true one, is their own.
 

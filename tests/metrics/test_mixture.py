@@ -6,6 +6,7 @@ from sklearn.metrics import accuracy_score, normalized_mutual_info_score
 
 from fedgmi.metrics import (
     assignment_accuracy,
+    learned_of_true,
     match_components,
     nats_to_bits_per_dim,
     proportion_errors,
@@ -22,6 +23,7 @@ def test_matching_recovers_a_permutation_and_accuracy_matches_sklearn():
     pred[noisy] = rng.integers(0, 3, size=noisy.sum())
     mapping = match_components(true, pred, 3)
     np.testing.assert_array_equal(mapping[perm], np.arange(3))
+    np.testing.assert_array_equal(learned_of_true(mapping), perm)  # true t -> learned perm[t]
     expected = accuracy_score(true, mapping[pred])
     assert assignment_accuracy(true, pred, mapping) == pytest.approx(expected)
     assert 0.88 < expected < 0.97
