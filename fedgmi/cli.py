@@ -17,6 +17,7 @@ line naming the round and the client, keeping every output written so far.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -86,12 +87,14 @@ class FabricConfig:
         check_int("fabric.num_nodes", self.num_nodes, 1)
 
     def build(self, loggers) -> lightning.Fabric:
-        """The launched Fabric (several processes: strategy "ddp")."""
+        """The launched Fabric (several processes: strategy "ddp"). Under ``fabric run`` (which
+        sets LT_CLI_USED=1) the processes exist already and Fabric joins them itself."""
         several = self.devices * self.num_nodes > 1
         fabric = lightning.Fabric(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
                                   strategy="ddp" if several else "auto", precision=self.precision,
                                   loggers=loggers)
-        fabric.launch()
+        if not int(os.environ.get("LT_CLI_USED", "0")):
+            fabric.launch()
         return fabric
 
 

@@ -20,13 +20,14 @@ def small_component(shape):
     return ComponentVAE(shape, hidden_dims=(32,), latent_dim=4)
 
 
-def make_fedgmi(scenario, initialize: bool = True, **kw) -> FedGMI:
-    """A set-up FedGMI with small VAEs on the CPU (topic-initialised unless told otherwise)."""
+def make_fedgmi(scenario, initialize: bool = True, fabric: lightning.Fabric | None = None, **kw) -> FedGMI:
+    """A set-up FedGMI with small VAEs (on the CPU in 32-true unless ``fabric`` is given),
+    topic-initialised unless told otherwise."""
     kw = {"topic_clusters": 12, "topic_restarts": 3, **kw}
     strategy = FedGMI(component=small_component, **kw)
     spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes,
                        len(scenario.clients))
-    strategy.setup(spec, lightning.Fabric(accelerator="cpu", devices=1), seed=0)
+    strategy.setup(spec, fabric or lightning.Fabric(accelerator="cpu", devices=1), seed=0)
     if initialize:
         strategy.initialize(scenario.clients)
     return strategy

@@ -2,6 +2,7 @@
 
 import math
 
+import lightning
 import pytest
 import torch
 from torch.nn.utils import parameters_to_vector
@@ -100,3 +101,37 @@ def test_joint_and_label_free_evidence_in_a_closed_form_case():
     # the label weight scales log p_k(y | x)
     weighted = FedGMI(estep="joint", label_weight=3.0).evidence(log_px, py.log(), y)
     torch.testing.assert_close(weighted, log_px + 3 * torch.tensor([[0.1, 0.8], [0.5, 0.99]]).log())
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("accelerator, precision", [
+    ("cpu", "bf16-mixed"),
+    pytest.param("cuda", "32-true", marks=needs_cuda),
+    pytest.param("cuda", "bf16-mixed", marks=needs_cuda),
+    pytest.param("cuda", "16-mixed", marks=needs_cuda),
+])
+def test_mixed_precision_round_keeps_likelihoods_proportions_and_updates_in_float32(
+        scenario, accelerator, precision):
+    reference = make_strategy(scenario)  # CPU, 32-true
+    mixed = make_strategy(scenario, initialize=False,
+                          fabric=lightning.Fabric(accelerator=accelerator, devices=1, precision=precision))
+    mixed.load_state_dict(reference.state_dict())  # the same components, proportions and topic model
+    device, x = mixed.fabric.device, scenario.clients[1].x_train
+    log_ref, _ = reference.component_outputs(x, num_samples=16, generator=torch.Generator().manual_seed(0))
+    log_mixed, class_lp = mixed.component_outputs(x, num_samples=16,
+                                                  generator=torch.Generator(device).manual_seed(0))
+    assert log_mixed.dtype == class_lp.dtype == torch.float32
+    assert abs(log_mixed.mean().item() / log_ref.mean().item() - 1) < 0.02
+    assert (log_mixed.argmax(1).cpu() == log_ref.argmax(1)).float().mean() > 0.9
+
+    task = mixed.configure_round(20, [1])[0]  # a VAE round
+    reply = mixed.client_update(task, scenario.clients[1])
+    pi = mixed.client_proportions(1)
+    assert pi.dtype == torch.float32 and pi.sum().item() == pytest.approx(1.0, abs=1e-5)
+    sent = [u for u in reply.updates if u is not None]
+    assert sent and all(u.dtype == torch.float32 and torch.isfinite(u).all() and u.abs().max() > 0 for u in sent)
+    mixed.aggregate(20, [reply])
+    assert all(t.dtype == torch.float32 and t.device.type == device.type and torch.isfinite(t).all()
+               for t in mixed.global_state)
