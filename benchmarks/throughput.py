@@ -79,11 +79,11 @@ def scenario_of(num_clients: int, samples: int):
                                          samples_per_client=(samples, samples), seed=0))
 
 
-def run_rounds(strategy: FedGMI, scenario, rounds: range, ids) -> None:
-    """Plain federated rounds (every client of ``ids`` each round)."""
+def run_rounds(strategy: FedGMI, scenario, rounds: range, ids_of) -> None:
+    """Plain federated rounds; ``ids_of(round)`` gives the round's clients."""
     for rnd in rounds:
-        tasks = strategy.configure_round(rnd, ids)
-        strategy.aggregate(rnd, [strategy.client_update(t, scenario.clients[t.client_id]) for t in tasks])
+        tasks = strategy.configure_round(rnd, ids_of(rnd))
+        strategy.aggregate(rnd, run_fedgmi(strategy, scenario, tasks))
 
 
 def timed(fn, *args) -> tuple[float, object]:
@@ -200,7 +200,7 @@ def prepare(args):
     strategy = make_strategy(scenario, args.local_epochs, args.warmup_rounds, args.head)
     ids = list(range(args.clients + 1))
     strategy.initialize(scenario.clients)
-    run_rounds(strategy, scenario, range(args.warmup_rounds), ids)  # the components specialise
+    run_rounds(strategy, scenario, range(args.warmup_rounds), lambda rnd: ids)  # the components specialise
     return scenario, strategy, strategy.configure_round(args.warmup_rounds, ids)
 
 
@@ -274,10 +274,8 @@ def memory_child(num_clients: int, total: int, per_round: int, head: str) -> Non
     baseline = _status_bytes("VmRSS")
     scenario = scenario_of(num_clients, total // num_clients)
     strategy = make_strategy(scenario, 1, head=head)
-    for rnd in range(2):
-        ids = sorted(torch.randperm(num_clients, generator=torch.Generator().manual_seed(rnd))[:per_round].tolist())
-        tasks = strategy.configure_round(rnd, ids)
-        strategy.aggregate(rnd, [strategy.client_update(t, scenario.clients[t.client_id]) for t in tasks])
+    run_rounds(strategy, scenario, range(2), lambda rnd: sorted(
+        torch.randperm(num_clients, generator=torch.Generator().manual_seed(rnd))[:per_round].tolist()))
     print(json.dumps({"peak_rss_bytes": _status_bytes("VmHWM"), "rss_after_imports_bytes": baseline}))
 
 
