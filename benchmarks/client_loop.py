@@ -51,7 +51,7 @@ def vmap_client(strategy: FedGMI, task, client) -> tuple[int, int]:
     """One client's E-step and vectorised training of all K components; returns (steps,
     sample passes)."""
     x, y = client.x_train, client.y_train
-    log_px, class_lp = strategy.component_outputs(x, state=task.global_state, classes=False)
+    log_px, _ = strategy.component_outputs(x, state=task.global_state, classes=False)
     _, r = estimate_proportions(log_px, strategy.client_proportions(task.client_id), strategy.proportion_iters)
     modules = []
     for theta in task.global_state:
