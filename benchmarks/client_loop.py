@@ -25,14 +25,13 @@ import argparse
 import json
 import time
 
+import throughput  # benchmarks/throughput.py: the same scenario, strategy and warm-up
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from fedgmi.algorithms.fedgmi import FedGMI, copy_into_parameters
-from fedgmi.federated.mixture import estimate_proportions
-
-import throughput  # benchmarks/throughput.py: the same scenario, strategy and warm-up
+from fedgmi.algorithms.gmi import FedGMI, copy_into_parameters
+from fedgmi.federated.responsibilities import estimate_proportions
 
 
 class _Loss(nn.Module):

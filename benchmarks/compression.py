@@ -35,7 +35,7 @@ def codec(name: str, **init_args) -> dict:
 
 Q8, Q4 = codec("StochasticQuantization", bits=8), codec("StochasticQuantization", bits=4)
 
-#: name -> the `communication` group of the run (empty: the default, uncompressed channel).
+#: name -> the `channel` group of the run (empty: the default, uncompressed channel).
 SETTINGS: dict[str, dict] = {  # in order of priority
     "uncompressed": {},
     "topk_1pct_ef": {"uplink": codec("TopK", fraction=0.01)},
@@ -57,14 +57,14 @@ KEYS = ("assignment_accuracy", "proportion_error_tv", "client_accuracy_mean", "b
         "bytes_down", "compression_ratio_up", "budget_unmet_clients", "wall_time_s")
 
 
-def run_setting(name: str, communication: dict, out_root: Path, reuse: bool) -> dict:
-    """One `fedgmi fit` of the config with this communication group; its metrics.json (with
+def run_setting(name: str, channel: dict, out_root: Path, reuse: bool) -> dict:
+    """One `fedgmi fit` of the config with this channel group; its metrics.json (with
     ``reuse``, a finished run of the same setting is read instead of run again)."""
     out = out_root / name
     if reuse and (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     extra = out_root / f"{name}.yaml"
-    extra.write_text(yaml.safe_dump({"communication": communication}) if communication else "{}\n")
+    extra.write_text(yaml.safe_dump({"channel": channel}) if channel else "{}\n")
     cmd = [sys.executable, "-m", "fedgmi", "fit", "--config", CONFIG, "--config", str(extra), "--output_dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     with (out_root / f"{name}.log").open("w") as log:

@@ -50,9 +50,9 @@ from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import ToTensor
 
-from fedgmi.algorithms.fedgmi import FedGMI, copy_into_parameters
+from fedgmi.algorithms.gmi import FedGMI, copy_into_parameters
 from fedgmi.data import ScenarioConfig, build_scenario
-from fedgmi.federated.mixture import estimate_proportions
+from fedgmi.federated.responsibilities import estimate_proportions
 from fedgmi.federated.strategy import ProblemSpec
 from fedgmi.models import ComponentVAE
 from fedgmi.models.heads import CNNClassifier, MLPClassifier

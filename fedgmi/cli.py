@@ -32,7 +32,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_insta
 from rich.console import Console
 
 from fedgmi import tracking
-from fedgmi.algorithms.fedgmi import FedGMI
+from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.data import ScenarioConfig, build_scenario
 from fedgmi.errors import ConfigError
 from fedgmi.federated.channel import Channel
@@ -113,7 +113,7 @@ def _run_parser(description: str, ckpt_help: str | None) -> ArgumentParser:
     parser.add_class_arguments(FederationConfig, "federation")
     parser.add_class_arguments(EvalConfig, "evaluation")
     parser.add_class_arguments(FabricConfig, "fabric")
-    parser.add_class_arguments(Channel, "communication")  # codecs, partial upload, byte budget
+    parser.add_class_arguments(Channel, "channel")  # codecs, partial upload, byte budget
     parser.add_class_arguments(LoggingConfig, "logging")
     parser.add_subclass_arguments(Strategy, "algorithm", default=lazy_instance(FedGMI), required=False)
     return parser
@@ -231,7 +231,7 @@ def finish(p: Prepared, row: dict, result, wall_time_s: float, console: Console)
 def checkpoint_state(p: Prepared, loop: LoopState) -> dict:
     """Everything a resume needs (see :mod:`fedgmi.federated.checkpoint`)."""
     return {"round": loop.next_round, "loop": asdict(loop), "strategy": p.strategy.state_dict(),
-            "communication": p.objs.communication.state_dict(),
+            "channel": p.objs.channel.state_dict(),
             "rng": rng_states(), "wandb_id": tracking.wandb_run_id(p.fabric),
             "signature": strategy_signature(type(p.strategy).__name__, p.strategy.global_state)}
 
@@ -243,7 +243,7 @@ def fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
     if p.checkpoint is not None:
         loop = LoopState(**p.checkpoint["loop"])
         set_rng_states(p.checkpoint["rng"])
-        p.objs.communication.load_state_dict(p.checkpoint["communication"], p.fabric.device)
+        p.objs.channel.load_state_dict(p.checkpoint["channel"], p.fabric.device)
         if p.fabric.is_global_zero:
             p.run.truncate_metrics(loop.next_round)
         console.print(f"resuming {p.run.path} after round {loop.next_round}")
@@ -270,7 +270,7 @@ def fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
             row, result = run_federation(p.strategy, p.scenario, fed, p.objs.evaluation, cfg.fit.seed,
                                          on_eval, on_round_end, loop, lambda: bool(received),
                                          progress=console.is_terminal and p.fabric.is_global_zero,
-                                         channel=p.objs.communication)
+                                         channel=p.objs.channel)
     except StopRequested as err:
         resume = f"fedgmi fit --config {p.run.path / 'config.yaml'} --ckpt_path {p.run.checkpoint_path}"
         raise Stopped(f"{signal.Signals(received[0]).name}: {err}; resume with: {resume}",

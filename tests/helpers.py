@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning
 
-from fedgmi.algorithms.fedgmi import FedGMI
+from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.data import ScenarioConfig, build_scenario
 from fedgmi.federated.strategy import ProblemSpec
 from fedgmi.models import ComponentVAE
@@ -29,5 +29,20 @@ def make_fedgmi(scenario, initialize: bool = True, fabric: lightning.Fabric | No
                        len(scenario.clients))
     strategy.setup(spec, fabric or lightning.Fabric(accelerator="cpu", devices=1), seed=0)
     if initialize:
-        strategy.initialize(scenario.clients)
+        run_initialize(strategy, scenario.clients)
     return strategy
+
+
+def run_initialize(strategy, clients):
+    """The strategy's initialisation stage as the loop runs it (client states stored)."""
+    init = strategy.initialize(clients)
+    strategy.client_state.update(init.client_states)
+    return init
+
+
+def run_client(strategy, task, data):
+    """One client update as the loop runs it: from the client's stored state, storing its new
+    state; returns the reply."""
+    reply, state = strategy.client_update(task, data, strategy.client_state.get(task.client_id, {}))
+    strategy.client_state[task.client_id] = state
+    return reply

@@ -53,7 +53,7 @@ FIELDS = {  # dotted key -> values near and beyond the allowed range, mixed with
     "fabric.precision": st.sampled_from(["32-true", "bf16-mixed", "8-bit"]),
     "fabric.devices": SMALL_INT,
     "logging.wandb_mode": st.sampled_from([None, "offline", "sometimes"]),
-    "algorithm.class_path": st.sampled_from(["fedgmi.algorithms.fedgmi.FedGMI", "fedgmi.nope.Algo",
+    "algorithm.class_path": st.sampled_from(["fedgmi.algorithms.gmi.FedGMI", "fedgmi.nope.Algo",
                                              "torch.nn.Linear"]),
     "algorithm.init_args.local_epochs": SMALL_INT,
     "algorithm.init_args.batch_size": SMALL_INT,

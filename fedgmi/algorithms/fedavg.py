@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from fedgmi.algorithms.classifier_mixture import ClassifierMixture
-from fedgmi.types import ClientTask
+from fedgmi.federated.messages import ClientTask
+from fedgmi.federated.strategy import ClientState
 
 
 class FedAvg(ClassifierMixture):
@@ -26,6 +27,8 @@ class FedAvg(ClassifierMixture):
     def num_models(self) -> int:
         return 1
 
-    def client_weights(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(n, 1) ones: every sample trains the one model; the upload weight is then n_c."""
-        return torch.ones(len(x), 1, device=x.device)
+    def sample_weights(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor,
+                       state: ClientState) -> tuple[torch.Tensor, ClientState]:
+        """(n, 1) ones: every sample trains the one model; the aggregation weight is then n_c.
+        No client state."""
+        return torch.ones(len(x), 1, device=x.device), {}

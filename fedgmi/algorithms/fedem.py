@@ -19,28 +19,31 @@ from __future__ import annotations
 import torch
 
 from fedgmi.algorithms.classifier_mixture import ClassifierMixture
-from fedgmi.federated.mixture import responsibilities
-from fedgmi.types import ClientTask
+from fedgmi.federated.messages import ClientTask
+from fedgmi.federated.responsibilities import responsibilities
+from fedgmi.federated.strategy import ClientState
 
 
 class FedEM(ClassifierMixture):
     """FedEM with K classifier components (args as ClassifierMixture)."""
 
-    def estep(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def estep(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor,
+              pi: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(q, pi)``: (n, K) q_ik = softmax_k(log pi_ck + evidence_ik) with the client's
-        current proportions (uniform at first), and the updated (K,) pi_c = mean_i q_ik."""
+        current (K,) proportions ``pi`` (uniform when ``None``), and the updated (K,)
+        pi_c = mean_i q_ik."""
         k = len(task.global_state)
-        pi = self.client_proportions(task.client_id)
         pi = torch.full((k,), 1.0 / k, device=x.device) if pi is None else pi
         q = responsibilities(pi.log(), self.evidence(*self.component_outputs(x, state=task.global_state), y))
         new_pi = q.mean(0).clamp_min(1e-6)
         return q, new_pi / new_pi.sum()
 
-    def client_weights(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        q, pi = self.estep(task, x, y)
-        self.client_state[task.client_id] = {"pi": pi}
-        return q
+    def sample_weights(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor,
+                       state: ClientState) -> tuple[torch.Tensor, ClientState]:
+        """The E-step's q (n, K); the state is the updated proportions."""
+        q, pi = self.estep(task, x, y, state.get("pi"))
+        return q, {"pi": pi}
 
-    def upload_weights(self, r: torch.Tensor, num_examples: int) -> torch.Tensor:
+    def aggregation_weights(self, r: torch.Tensor, num_examples: int) -> torch.Tensor:
         """(K,) n_c for every component (FedEM averages components with weights n_c / n)."""
         return torch.full((r.shape[1],), float(num_examples), device=r.device)

@@ -23,9 +23,10 @@ from sklearn.mixture import GaussianMixture
 from fedgmi.algorithms.classifier_mixture import ClassifierMixture
 from fedgmi.algorithms.fedgmm import GaussianFeatures
 from fedgmi.errors import ConfigError
-from fedgmi.federated.mixture import estimate_proportions
+from fedgmi.federated.messages import ClientTask
+from fedgmi.federated.responsibilities import estimate_proportions
+from fedgmi.federated.strategy import ClientState, Initialization
 from fedgmi.models.gaussian import gaussian_log_density, random_projection
-from fedgmi.types import ClientTask
 
 FLOAT32_BYTES = 4
 
@@ -102,14 +103,14 @@ class FedGenGMM(GaussianFeatures, ClassifierMixture):
         super().setup(spec, fabric, seed)
         self.setup_features(self.feature_dim, self.projection_seed)
 
-    def initialize(self, clients) -> dict[str, float]:
+    def initialize(self, clients) -> Initialization:
         """The one-shot fit; the global mixture goes to every client once."""
         k = self.spec.num_components
         feats = [self.features(c.x_train).double().cpu().numpy() for c in clients]
         gmm, bytes_up = fit_federated_gmm(feats, k, self.local_components or k, self.synthetic_samples,
                                           self.covariance_reg, self.seed)
         self.set_mixture(torch.from_numpy(gmm.means_), torch.from_numpy(gmm.covariances_))
-        return {"bytes_up": bytes_up, "bytes_down": len(clients) * mixture_bytes(gmm)}
+        return Initialization(bytes_up=bytes_up, bytes_down=len(clients) * mixture_bytes(gmm), exchanges=2)
 
     def set_mixture(self, means: torch.Tensor, covariances: torch.Tensor) -> None:
         """Install the global (K, d) means and (K, d, d) covariances."""
@@ -122,11 +123,11 @@ class FedGenGMM(GaussianFeatures, ClassifierMixture):
             raise RuntimeError("FedGenGMM: initialize() (the one-shot fit) must run first")
         return gaussian_log_density(self.features(x), self.means, self.covariances)
 
-    def client_weights(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pi, r = estimate_proportions(self.log_density(x, task.global_state),
-                                     self.client_proportions(task.client_id), self.proportion_iters)
-        self.client_state[task.client_id] = {"pi": pi}
-        return r
+    def sample_weights(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor,
+                       state: ClientState) -> tuple[torch.Tensor, ClientState]:
+        """The global mixture's responsibilities (n, K); the state is the client's proportions."""
+        pi, r = estimate_proportions(self.log_density(x, task.global_state), state.get("pi"), self.proportion_iters)
+        return r, {"pi": pi}
 
     def state_dict(self):
         return {**super().state_dict(), "gmm": {"means": self.means.cpu(), "covariances": self.covariances.cpu()}}

@@ -27,8 +27,9 @@ import math
 import torch
 
 from fedgmi.algorithms.fedem import FedEM
+from fedgmi.federated.messages import tensor_bytes
+from fedgmi.federated.strategy import Initialization
 from fedgmi.models.gaussian import gaussian_log_density, moments_to_gaussian, random_projection
-from fedgmi.types import tensor_bytes
 
 
 class GaussianFeatures:
@@ -85,11 +86,11 @@ class FedGMM(GaussianFeatures, FedEM):
         local = torch.cat([(w * f).sum(0), (f.T @ (w * f)).flatten()])
         return local - theta[self.head_size:]
 
-    def upload_weights(self, r: torch.Tensor, num_examples: int) -> torch.Tensor:
+    def aggregation_weights(self, r: torch.Tensor, num_examples: int) -> torch.Tensor:
         """(K,) responsibility mass w_ck = sum_i q_ik (makes the average the exact EM M-step)."""
         return r.sum(0)
 
-    def initialize(self, clients) -> dict[str, float]:
+    def initialize(self, clients) -> Initialization:
         """Federated (n, sum f, sum f f^T) pass; random means around the global mean."""
         d, device = self.feature_dim, self.fabric.device
         stats = [torch.cat([torch.ones(1, device=device) * len(c.x_train), self.features(c.x_train).sum(0),
@@ -102,4 +103,4 @@ class FedGMM(GaussianFeatures, FedEM):
         for k, theta in enumerate(self._global):
             mu = mean + chol @ torch.randn(d, generator=gen).to(device)
             theta[self.head_size:] = torch.cat([mu, (cov + torch.outer(mu, mu)).flatten()])
-        return {"bytes_up": tensor_bytes(stats), "bytes_down": 0}
+        return Initialization(bytes_up=tensor_bytes(stats), exchanges=1)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 
 from fedgmi.algorithms.classifier_mixture import ClassifierMixture, uninformative
-from fedgmi.federated.mixture import label_log_likelihood
-from fedgmi.types import ClientTask
+from fedgmi.federated.messages import ClientTask
+from fedgmi.federated.responsibilities import label_log_likelihood
+from fedgmi.federated.strategy import ClientState
 
 
 def hard_cluster(evidence: torch.Tensor) -> torch.Tensor:
@@ -33,12 +34,13 @@ def hard_cluster(evidence: torch.Tensor) -> torch.Tensor:
 class IFCA(ClassifierMixture):
     """IFCA with K cluster models (args as ClassifierMixture)."""
 
-    def client_weights(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(n, K) with the column of the chosen cluster all ones, the others zero."""
+    def sample_weights(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor,
+                       state: ClientState) -> tuple[torch.Tensor, ClientState]:
+        """(n, K) with the column of the chosen cluster all ones, the others zero; the state is
+        the one-hot proportions."""
         _, class_lp = self.component_outputs(x, state=task.global_state)
         pi = hard_cluster(label_log_likelihood(class_lp, y))
-        self.client_state[task.client_id] = {"pi": pi}
-        return pi.unsqueeze(0).expand(len(x), -1).contiguous()
+        return pi.unsqueeze(0).expand(len(x), -1).contiguous(), {"pi": pi}
 
     def estimate_client_proportions(self, evidence, start, iters) -> torch.Tensor:
         """One-hot of the lowest-loss cluster (uniform without labels)."""

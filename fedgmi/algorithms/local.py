@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 
 from fedgmi.algorithms.fedavg import FedAvg
-from fedgmi.types import ClientReply, ClientTask, derive_seed
+from fedgmi.federated.messages import ClientReply, ClientTask, derive_seed
+from fedgmi.federated.strategy import ClientState
 
 
 class Local(FedAvg):
@@ -25,22 +26,21 @@ class Local(FedAvg):
 
     def configure_round(self, round_idx: int, client_ids: Sequence[int]) -> list[ClientTask]:
         """Tasks without parameters (0 bytes down)."""
-        return [ClientTask(round_idx, int(c), derive_seed(self.seed, round_idx, int(c)), ())
+        return [ClientTask(round_idx, int(c), derive_seed(self.seed, round_idx, int(c)), (), algorithm=self.name)
                 for c in client_ids]
 
     def client_model(self, client_id: int) -> torch.Tensor:
         """(P,) the client's own model, or the shared initial model if it never trained."""
         return self.client_state.get(int(client_id), {}).get("theta", self._global[0])
 
-    def client_update(self, task: ClientTask, data) -> ClientReply:
-        """Train the client's own model; upload nothing (0 bytes up)."""
+    def client_update(self, task: ClientTask, data, state: ClientState) -> tuple[ClientReply, ClientState]:
+        """Train the client's own model (its state, model-sized: Local's point); upload nothing
+        (0 bytes up)."""
         device = self.fabric.device
         gen = torch.Generator(device).manual_seed(task.seed)
         x, y = data.x_train.to(device), data.y_train.to(device)
-        theta, ce = self.train_model(self.client_model(task.client_id), x, y,
-                                     torch.ones(len(x), device=device), gen)
-        self.client_state[task.client_id] = {"theta": theta}
-        return ClientReply(task.client_id, len(x), torch.zeros(0), (), {"cross_entropy": ce})
+        theta, ce = self.train_model(state.get("theta", self._global[0]), x, y, torch.ones(len(x), device=device), gen)
+        return task.reply(len(x), (), (), {"cross_entropy": ce}), {"theta": theta}
 
     def aggregate(self, round_idx: int, replies: Sequence[ClientReply]) -> dict[str, float]:
         """Nothing to aggregate; the round's mean training cross-entropy."""

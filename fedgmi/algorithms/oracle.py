@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from fedgmi.algorithms.classifier_mixture import ClassifierMixture
-from fedgmi.types import ClientTask
+from fedgmi.federated.messages import ClientTask
+from fedgmi.federated.strategy import ClientState
 
 #: log p_k(x) of a component a sample does not belong to (exp underflows to 0 in float32).
 OFF_COMPONENT_LOG_DENSITY = -1e4
@@ -42,12 +43,12 @@ class Oracle(ClassifierMixture):
             raise ValueError(f"client {client_id} {part} part has {len(z)} samples, got {n}")
         return z.to(self.fabric.device)
 
-    def client_weights(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(n, K) one-hot of the true components; proportions = their fractions."""
+    def sample_weights(self, task: ClientTask, x: torch.Tensor, y: torch.Tensor,
+                       state: ClientState) -> tuple[torch.Tensor, ClientState]:
+        """(n, K) one-hot of the true components; the state's proportions are their fractions."""
         r = torch.nn.functional.one_hot(self.true_components(task.client_id, "train", len(x)),
                                         len(task.global_state)).float()
-        self.client_state[task.client_id] = {"pi": r.mean(0)}
-        return r
+        return r, {"pi": r.mean(0)}
 
     def client_component_outputs(self, client_id, part, x, estimator=None, num_samples=None, generator=None):
         """log p_k(x) = 0 on the true component, -1e4 elsewhere; the K classifiers."""

@@ -48,6 +48,9 @@ class TopicInit:
         log_likelihood: Total PLSA log-likelihood of the kept restart, in nats.
         bytes_up: Uplink bytes of both stages, all clients.
         bytes_down: Downlink bytes of both stages, all clients.
+        exchanges: Server-client exchanges of both stages (each involves every client): the
+            k-FED upload, the Lloyd rounds, the centroids' download, the PLSA EM iterations
+            and the final log-likelihood upload.
     """
 
     centroids: torch.Tensor
@@ -57,6 +60,7 @@ class TopicInit:
     log_likelihood: float
     bytes_up: int
     bytes_down: int
+    exchanges: int = 0
 
     def log_likelihood_of(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Categorical log-likelihood log beta_k,v of each sample's token v.
@@ -249,4 +253,5 @@ def fit_topic_init(
         log_likelihood=log_lik,
         bytes_up=up + plsa_bytes + len(clients_x) * restarts * 8,
         bytes_down=down + plsa_bytes,
+        exchanges=1 + lloyd_rounds + 1 + iters + 1,
     )

@@ -36,13 +36,16 @@ def aggregate_components(
     global_state: Sequence[torch.Tensor],
     updates: Sequence[Sequence[torch.Tensor | None]],
     weights: Sequence[Sequence[float]],
+    step: float = 1.0,
 ) -> list[torch.Tensor]:
     """Per-component weighted averaging of client deltas (FedGMI step 5).
 
     Args:
         global_state: K (P,) current component parameter vectors.
         updates: per client, K deltas (P,) or ``None`` for a component it did not send.
-        weights: per client, K weights w_ck.
+        weights: per client, K aggregation weights w_ck.
+        step: Scale of the averaged delta (1: the average itself; see
+            :class:`~fedgmi.federated.strategy.ParameterVectorStrategy` for the rules).
 
     Returns:
         K new (P,) parameter vectors; a component no client sent is unchanged.
@@ -54,5 +57,7 @@ def aggregate_components(
             new_state.append(theta)
             continue
         delta = weighted_average([p[0] for p in pairs], [p[1] for p in pairs])
+        if step != 1.0:
+            delta = step * delta
         new_state.append(theta + delta.to(theta.dtype))
     return new_state

@@ -14,7 +14,8 @@ Evaluation uses the server's theta.
 Uplink, in order: (1) partial upload keeps component k when its responsibility mass share
 w_ck / n_c is at least ``upload_threshold`` and k is among the ``upload_top_m`` heaviest
 (dropped components are discarded, not kept as residual); (2) a budget of
-``uplink_budget_bytes`` per client per round (updates plus the K float32 weights) is split
+``uplink_budget_bytes`` per client per round (updates plus the aggregation weights and
+statistics) is split
 evenly over the components left; a sparsifier lowers its k to fit, any other codec fits or
 not; while it does not fit, the lightest component is dropped and the client-round is counted
 in ``budget_unmet_clients`` (with a one-line warning the first time); (3) each update is
@@ -37,7 +38,7 @@ import torch
 
 from fedgmi.errors import ConfigError
 from fedgmi.federated.compression import Codec, Identity
-from fedgmi.types import ClientReply, ClientTask, derive_seed, tensor_bytes
+from fedgmi.federated.messages import ClientReply, ClientTask, derive_seed, tensor_bytes
 
 UPLINK, DOWNLINK = 1, 2  # stream tags mixed into the codec seeds
 
@@ -51,7 +52,8 @@ class Channel:
         upload_threshold: Send component k only when w_ck / n_c is at least this, in [0, 1]
             (0 = every component the strategy produced).
         upload_top_m: Send at most the m components of largest w_ck (``None`` = all).
-        uplink_budget_bytes: Most bytes a client may upload per round (``None`` = no limit).
+        uplink_budget_bytes: Most bytes a client may upload per round, everything included
+            (``None`` = no limit).
 
     Raises:
         ConfigError: an out-of-range value (one line).
@@ -61,12 +63,12 @@ class Channel:
                  upload_threshold: float = 0.0, upload_top_m: int | None = None,
                  uplink_budget_bytes: int | None = None) -> None:
         if not 0 <= upload_threshold <= 1:
-            raise ConfigError(f"communication.upload_threshold = {upload_threshold!r} must be in [0, 1]")
+            raise ConfigError(f"channel.upload_threshold = {upload_threshold!r} must be in [0, 1]")
         if upload_top_m is not None and (int(upload_top_m) != upload_top_m or upload_top_m < 1):
-            raise ConfigError(f"communication.upload_top_m = {upload_top_m!r} must be an integer >= 1 or null")
+            raise ConfigError(f"channel.upload_top_m = {upload_top_m!r} must be an integer >= 1 or null")
         if uplink_budget_bytes is not None and (int(uplink_budget_bytes) != uplink_budget_bytes
                                                 or uplink_budget_bytes < 1):
-            raise ConfigError(f"communication.uplink_budget_bytes = {uplink_budget_bytes!r} "
+            raise ConfigError(f"channel.uplink_budget_bytes = {uplink_budget_bytes!r} "
                               "must be an integer >= 1 or null")
         self.uplink_codec, self.downlink_codec = uplink or Identity(), downlink or Identity()
         self.upload_threshold, self.upload_top_m = float(upload_threshold), upload_top_m
@@ -116,7 +118,7 @@ class Channel:
 
     def select_components(self, reply: ClientReply) -> list[int]:
         """Components k the partial-upload policy lets the client send, heaviest w_ck first."""
-        weights = reply.component_weights.float()
+        weights = reply.aggregation_weights.float()
         order = torch.argsort(weights, descending=True, stable=True).tolist()
         share = weights / max(reply.num_examples, 1)
         keep = [k for k in order if reply.updates[k] is not None and float(share[k]) >= self.upload_threshold]
@@ -129,7 +131,7 @@ class Channel:
             for k in selected:
                 codecs[k] = self.uplink_codec
             return codecs
-        left = self.uplink_budget_bytes - tensor_bytes([reply.component_weights])
+        left = self.uplink_budget_bytes - tensor_bytes([reply.aggregation_weights, *reply.statistics.values()])
         wanted = len(selected)
         while selected:
             share = left // len(selected)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fedgmi.errors import ConfigError
-from fedgmi.types import tensor_bytes
+from fedgmi.federated.messages import tensor_bytes
 
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -11,7 +11,7 @@ the process group (gloo on CPU, NCCL on CUDA) are Fabric's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import lightning
@@ -40,20 +40,3 @@ def any_rank(fabric: lightning.Fabric, flag: bool) -> bool:
     if fabric.world_size == 1:
         return bool(flag)
     return bool(fabric.all_reduce(torch.tensor(float(flag)), reduce_op="max") > 0)
-
-
-def setup_worker(fabric: lightning.Fabric, module: torch.nn.Module,
-                 optimizer_factory: Callable[[Iterable], torch.optim.Optimizer]
-                 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """The reusable client worker and its optimizer on this rank's device, with Fabric's
-    precision plugin applied (``fabric.backward`` and the optimizer's step handle loss scaling),
-    but never wrapped in DDP: with several ranks, each trains its own clients.
-
-    Returns:
-        (the raw module, the Fabric-wrapped optimizer).
-    """
-    if fabric.world_size == 1:
-        wrapped, optimizer = fabric.setup(module, optimizer_factory(module.parameters()))
-        return wrapped.module, optimizer
-    module = fabric.strategy.precision.convert_module(module).to(fabric.device)
-    return module, fabric.setup_optimizers(optimizer_factory(module.parameters()))

@@ -1,7 +1,7 @@
 """Evaluation on the clients' test parts (the only place the ground truth is used).
 
 Every client re-estimates its mixture proportions from its own training part with the current
-global components (:func:`~fedgmi.federated.mixture.estimate_proportions`; a training client
+global components (:func:`~fedgmi.federated.responsibilities.estimate_proportions`; a training client
 starts from its stored proportions and uses the strategy's E-step evidence, an unseen client
 starts from uniform and uses its unlabelled inputs only, no gradient step). Then, on its test
 part, each sample is assigned to arg-max_k log pi_ck + evidence_k, and classified by the

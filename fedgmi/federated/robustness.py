@@ -18,11 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedgmi.types import ClientReply
-
-
-class NonFiniteLossError(ArithmeticError):
-    """A client's local training produced a NaN or Inf loss (numerical trouble: the run stops)."""
+from fedgmi.federated.messages import ClientReply
 
 
 def drop_clients(client_ids: Sequence[int], probability: float, seed: int,
@@ -56,8 +52,8 @@ class Screening:
 
 
 def _non_finite(reply: ClientReply) -> str | None:
-    if not torch.isfinite(reply.component_weights).all():
-        return "non-finite component weights"
+    """Why a reply's updates are not finite, or ``None`` (its aggregation weights are checked
+    when it is made, :class:`~fedgmi.federated.messages.ClientReply`)."""
     for k, u in enumerate(reply.updates or ()):
         if u is not None and not torch.isfinite(u).all():
             return f"non-finite update of component {k}"

@@ -19,9 +19,10 @@ from fedgmi.errors import ConfigError
 from fedgmi.federated.channel import Channel
 from fedgmi.federated.distributed import any_rank, gather, my_slice
 from fedgmi.federated.evaluation import EvalConfig, Evaluation, attach_truth, evaluate
-from fedgmi.federated.robustness import NonFiniteLossError, drop_clients, screen_replies
+from fedgmi.federated.messages import ContractError, reply_to
+from fedgmi.federated.robustness import drop_clients, screen_replies
 from fedgmi.federated.strategy import Strategy
-from fedgmi.types import reply_to
+from fedgmi.federated.worker import NonFiniteLossError
 from fedgmi.validation import check_int, check_number
 
 
@@ -106,6 +107,7 @@ class LoopState:
         clients_rejected: Cumulative replies left out by :func:`screen_replies`.
         rounds_skipped: Rounds that kept the previous global state (fewer than
             ``min_clients`` accepted replies).
+        init_exchanges: Server-client exchanges of the strategy's initialisation stage.
         elapsed_s: Wall time of the earlier sessions of this run, in seconds.
     """
 
@@ -115,6 +117,7 @@ class LoopState:
     clients_failed: int = 0
     clients_rejected: int = 0
     rounds_skipped: int = 0
+    init_exchanges: int = 0
     elapsed_s: float = 0.0
 
 
@@ -131,20 +134,27 @@ RoundCallback = Callable[[int, LoopState, bool], None]
 
 
 def _client_replies(strategy: Strategy, scenario, tasks, warn) -> tuple[list, list[Exception], str | None]:
-    """Run the tasks' local updates; a client whose update raises is left out (and counted).
+    """Run the tasks' local updates and store each client's new state; a client whose update
+    raises is left out (and counted), except for a broken contract (a bug: raised at once).
 
     Returns:
         (replies, errors of failing clients, message of a NaN/Inf loss or ``None``).
     """
     replies, errors = [], []
     for task in tasks:
+        cid = task.client_id
         try:
-            replies.append(strategy.client_update(task, scenario.clients[task.client_id]))
+            reply, state = strategy.client_update(task, scenario.clients[cid], strategy.client_state.get(cid, {}))
         except NonFiniteLossError as err:
-            return replies, errors, f"round {task.round}, client {task.client_id}: {err}"
+            return replies, errors, f"round {task.round}, client {cid}: {err}"
+        except ContractError:
+            raise
         except Exception as err:  # noqa: BLE001 - a failing client is left out of this round
             errors.append(err)
-            warn(f"round {task.round}: client {task.client_id} failed ({type(err).__name__}: {err}); left out")
+            warn(f"round {task.round}: client {cid} failed ({type(err).__name__}: {err}); left out")
+            continue
+        strategy.client_state[cid] = state
+        replies.append(reply)
     return replies, errors, None
 
 
@@ -257,9 +267,11 @@ def run_federation(
     train_ids, unseen_ids = federation.split_clients(len(scenario.clients))
     attach_truth(strategy, scenario)  # only a strategy declaring uses_ground_truth (Oracle) gets it
     if state.next_round == 0:
-        init_stats = strategy.initialize([scenario.clients[c] for c in train_ids])
-        state.bytes_up += int(init_stats.get("bytes_up", 0))
-        state.bytes_down += int(init_stats.get("bytes_down", 0))
+        init = strategy.initialize([scenario.clients[c] for c in train_ids])
+        strategy.client_state.update(init.client_states)
+        state.bytes_up += int(init.bytes_up)
+        state.bytes_down += int(init.bytes_down)
+        state.init_exchanges = int(init.exchanges)
     row, result = {}, None
     columns = [TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]

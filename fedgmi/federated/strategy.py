@@ -1,25 +1,46 @@
 """The contract between the federated loop and an algorithm (after Flower's Strategy).
 
-The loop (:mod:`fedgmi.federated.server`) owns rounds, client sampling, seeds, evaluation and
-outputs; a Strategy owns what clients receive (:meth:`Strategy.configure_round`), what a client
-does with its own data (:meth:`Strategy.client_update`) and how replies become the new global
-state (:meth:`Strategy.aggregate`). Client-side state (a client's mixture proportions) lives
-in the strategy's ``client_state`` store, keyed by client id, and is tiny by design.
+The loop (:mod:`fedgmi.federated.server`) owns rounds, client sampling, seeds, the channel,
+screening, evaluation and outputs. An algorithm is a :class:`Strategy`: what clients receive,
+what a client does with its own data, how replies become the new global state.
+
+How to add an algorithm (a complete example, FedProx, is in ``docs/adding_an_algorithm.md``):
+
+1. Subclass :class:`~fedgmi.algorithms.classifier_mixture.ClassifierMixture` (K classifiers
+   trained with per-sample weights) or :class:`ParameterVectorStrategy` (any K flat vectors),
+   or :class:`Strategy` itself for another global state.
+2. ``setup(spec, fabric, seed)``: build the global state (call ``super().setup`` first).
+3. ``client_update(task, data, state) -> (reply, new_state)``: train on ``data`` (the client's
+   :class:`~fedgmi.data.ClientData`) from ``task.global_state``; return ``task.reply(...)`` and
+   the client's new state (a small dict of tensors, e.g. ``{"pi": (K,)}``; the loop stores it,
+   the strategy never writes it itself).
+4. ``aggregate(round_idx, replies) -> metrics``: the new global state from the replies.
+5. Optionally ``configure_round`` (who gets what), ``initialize`` (a stage before round 0),
+   and the :class:`EvaluationHooks` (how the components score and predict).
+6. Give it a config in ``configs/``: the contract test then runs it through the real loop.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning
 import torch
 
+from fedgmi.errors import ConfigError
 from fedgmi.federated.aggregation import aggregate_components
-from fedgmi.federated.mixture import estimate_proportions
-from fedgmi.types import ClientReply, ClientTask, derive_seed
+from fedgmi.federated.messages import ClientReply, ClientTask, derive_seed
+from fedgmi.federated.responsibilities import estimate_proportions
+from fedgmi.validation import check_choice
+
+#: A client's own state between rounds: a few named tensors (e.g. {"pi": (K,) proportions}).
+ClientState = dict[str, torch.Tensor]
+
+#: Server rules under partial participation (see :class:`ParameterVectorStrategy`).
+AGGREGATIONS = ("sampled", "all_clients")
 
 
 @dataclass(frozen=True)
@@ -27,66 +48,111 @@ class ProblemSpec:
     """What an algorithm may know of the federation before training (no ground truth).
 
     Attributes:
-        image_shape: (1, H, W) shape of one input.
+        image_shape: (C, H, W) shape of one input.
         num_components: K, the number of mixture components to learn.
         num_classes: Number of class labels.
         num_clients: Number of clients C.
+        train_examples: N, the training examples of all training clients together (what a
+            server learns when clients register; the "all_clients" rule needs it).
     """
 
     image_shape: tuple[int, ...]
     num_components: int
     num_classes: int
     num_clients: int
+    train_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class Initialization:
+    """What a strategy's initialisation stage (before round 0) did.
+
+    Attributes:
+        client_states: New state of the clients it touched, by client id.
+        bytes_up: Uplink bytes of the stage, all clients.
+        bytes_down: Downlink bytes of the stage, all clients.
+        exchanges: Server-client exchanges of the stage (a full-participation exchange counts
+            once), reported beside the rounds so that no communication is hidden.
+    """
+
+    client_states: dict[int, ClientState] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    exchanges: int = 0
 
 
 class Strategy(ABC):
-    """A federated mixture algorithm. Subclass it and implement the abstract methods."""
+    """What an algorithm must implement to train (see the module docstring)."""
 
-    #: Per-client state, keyed by client id (e.g. ``{"pi": (K,) tensor}``).
-    client_state: dict[int, dict[str, torch.Tensor]]
+    #: Every client's state, keyed by client id; written by the loop only (from the second
+    #: value :meth:`client_update` returns and from :attr:`Initialization.client_states`).
+    client_state: dict[int, ClientState]
+
+    @property
+    def name(self) -> str:
+        """The algorithm's name (its class name), used in messages and checkpoints."""
+        return type(self).__name__
 
     def setup(self, spec: ProblemSpec, fabric: lightning.Fabric, seed: int) -> None:
         """Build the global state for ``spec`` on ``fabric.device``. Called once."""
         self.spec, self.fabric, self.seed = spec, fabric, seed
         self.client_state = {}
 
-    def initialize(self, clients: Sequence[Any]) -> dict[str, float]:
-        """Optional federated initialisation stage before round 0.
-
-        Args:
-            clients: every client's :class:`~fedgmi.data.ClientData` (used only through
-                client-side computations).
-
-        Returns:
-            Scalar statistics, e.g. ``{"bytes_up": ..., "bytes_down": ...}``.
-        """
-        return {}
+    def initialize(self, clients: Sequence[Any]) -> Initialization:
+        """Optional federated stage before round 0 over every training client's
+        :class:`~fedgmi.data.ClientData` (used only through client-side computations)."""
+        return Initialization()
 
     @property
     @abstractmethod
     def global_state(self) -> tuple[torch.Tensor, ...]:
-        """The K flattened component parameter vectors the server holds, each (P,)."""
+        """The flat parameter vectors the server holds, each (P_m,)."""
 
     def configure_round(self, round_idx: int, client_ids: Sequence[int]) -> list[ClientTask]:
         """One task per sampled client: the global state, settings and a derived seed."""
-        state = self.global_state
-        settings = self.round_settings(round_idx)
-        return [
-            ClientTask(round_idx, int(c), derive_seed(self.seed, round_idx, int(c)), state, settings)
-            for c in client_ids
-        ]
+        state, settings = self.global_state, self.round_settings(round_idx)
+        return [ClientTask(round_idx, int(c), derive_seed(self.seed, round_idx, int(c)), state, settings,
+                           algorithm=self.name) for c in client_ids]
 
     def round_settings(self, round_idx: int) -> dict[str, float | int | str]:
         """Scalar settings sent with every task of the round (none by default)."""
         return {}
 
     @abstractmethod
-    def client_update(self, task: ClientTask, data: Any) -> ClientReply:
-        """Run one client's local update on its own data and return its reply."""
+    def client_update(self, task: ClientTask, data: Any, state: ClientState) -> tuple[ClientReply, ClientState]:
+        """One client's local update on its own ``data`` from its ``state`` (``{}`` at first):
+        its reply and its new state."""
 
     @abstractmethod
     def aggregate(self, round_idx: int, replies: Sequence[ClientReply]) -> dict[str, float]:
-        """Turn the round's replies into the new global state; return scalar round metrics."""
+        """Turn the round's accepted replies into the new global state; return round metrics."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: global state and client state."""
+        return {
+            "global_state": [t.detach().cpu() for t in self.global_state],
+            "client_state": {c: {k: v.cpu() for k, v in s.items()} for c, s in self.client_state.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.client_state = {
+            int(c): {k: v.to(self.fabric.device) for k, v in s.items()}
+            for c, s in state["client_state"].items()
+        }
+
+
+class EvaluationHooks(ABC):
+    """How a strategy's components are scored and predict (used by
+    :mod:`fedgmi.federated.evaluation` only); the defaults suit a mixture of K components."""
+
+    #: False for methods without a mixture (FedAvg, Local): their mixture metrics are NaN.
+    models_mixture: bool = True
+    #: False when log p_k(x) of component_outputs is not a pixel-space density (classifier-only
+    #: methods, Gaussians in a feature space): test_nll is then NaN.
+    pixel_density: bool = True
+    #: Only the Oracle sets this; then the loop and evaluation call attach_ground_truth.
+    uses_ground_truth: bool = False
 
     @abstractmethod
     def component_outputs(
@@ -101,15 +167,6 @@ class Strategy(ABC):
         """(N, K) per-sample E-step evidence from :meth:`component_outputs` (default: log p_k(x);
         an algorithm that uses labels adds log p_k(y | x) when ``y`` is given)."""
         return log_px
-
-    # ---- optional evaluation hooks (peers, issue 4); the defaults keep FedGMI unchanged ----
-    #: False for methods without a mixture (FedAvg, Local): their mixture metrics are NaN.
-    models_mixture: bool = True
-    #: False when log p_k(x) of component_outputs is not a pixel-space density (classifier-only
-    #: methods, Gaussians in a feature space): test_nll is then NaN.
-    pixel_density: bool = True
-    #: Only the Oracle sets this; then the loop and evaluation call attach_ground_truth.
-    uses_ground_truth: bool = False
 
     def attach_ground_truth(self, truth: Any) -> None:
         """Receive the scenario's :class:`~fedgmi.data.GroundTruth` (the Oracle only).
@@ -130,38 +187,34 @@ class Strategy(ABC):
     def estimate_client_proportions(self, evidence: torch.Tensor, start: torch.Tensor | None,
                                     iters: int) -> torch.Tensor:
         """(K,) a client's proportions from its (N, K) evidence at evaluation; default: EM on
-        the proportions (:func:`~fedgmi.federated.mixture.estimate_proportions`)."""
+        the proportions (:func:`~fedgmi.federated.responsibilities.estimate_proportions`)."""
         return estimate_proportions(evidence, start, iters)[0]
 
     def client_proportions(self, client_id: int) -> torch.Tensor | None:
         """(K,) the client's current mixture proportions, or ``None`` if it has none yet."""
-        state = self.client_state.get(int(client_id))
-        return None if state is None else state.get("pi")
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: global state and client state."""
-        return {
-            "global_state": [t.detach().cpu() for t in self.global_state],
-            "client_state": {
-                c: {k: v.cpu() for k, v in s.items()} for c, s in self.client_state.items()
-            },
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.client_state = {
-            int(c): {k: v.to(self.fabric.device) for k, v in s.items()}
-            for c, s in state["client_state"].items()
-        }
+        return self.client_state.get(int(client_id), {}).get("pi")
 
 
-class ParameterVectorStrategy(Strategy):
+class ParameterVectorStrategy(Strategy, EvaluationHooks):
     """A Strategy whose global state is K flat parameter vectors, ``self._global`` (each (P,)),
     updated by per-component weighted averaging of the clients' deltas (FedGMI step 5; FedAvg,
     McMahan et al. 2017, with one component and weights n_c). Subclasses set ``self._global``
-    in :meth:`setup`."""
+    in :meth:`setup` and ``self.aggregation`` in ``__init__``.
+
+    Server rule under partial participation (``aggregation``; the papers' pseudo-code leaves it
+    implicit, the codes differ):
+
+    - ``"sampled"``: theta_k += sum_{c in S} w_ck delta_ck / sum_{c in S} w_ck, the weights
+      normalised over the sampled clients S (a full step; FedAvg's server, McMahan et al.
+      2017, Algorithm 1, with n_k / m_t);
+    - ``"all_clients"``: every training client counts with n_c / N, an unsampled one with its
+      unchanged copy, so the step above is scaled by sum_{c in S} n_c / N (FedEM's official
+      aggregator, omarfoq/FedEM; exact there, where w_ck = n_c; here: the same scaling for
+      other aggregation weights).
+    """
 
     _global: list[torch.Tensor]
+    aggregation: str = "sampled"
 
     @property
     def global_state(self) -> tuple[torch.Tensor, ...]:
@@ -171,18 +224,39 @@ class ParameterVectorStrategy(Strategy):
         super().load_state_dict(state)
         self._global = [t.to(self.fabric.device) for t in state["global_state"]]
 
+    def step_size(self, replies: Sequence[ClientReply]) -> float:
+        """1 under the "sampled" rule; the replies' share of all training examples under
+        "all_clients".
+
+        Raises:
+            ConfigError: "all_clients" without ``spec.train_examples``.
+        """
+        if self.aggregation == "sampled":
+            return 1.0
+        if not self.spec.train_examples:
+            raise ConfigError(f"{self.name}: aggregation = 'all_clients' needs the number of training "
+                              "examples of all clients (ProblemSpec.train_examples)")
+        return sum(r.num_examples for r in replies) / self.spec.train_examples
+
     def average_deltas(self, replies: Sequence[ClientReply]) -> dict[str, float]:
-        """theta_k += sum_c w_ck delta_ck / sum_c w_ck over the replies that sent k; returns the
-        example-weighted ``train_cross_entropy`` and ``components_sent_per_client``."""
+        """theta_k += step * sum_c w_ck delta_ck / sum_c w_ck over the replies that sent k;
+        returns the example-weighted ``train_cross_entropy`` and ``components_sent_per_client``."""
         self._global = aggregate_components(
-            self._global, [r.updates for r in replies], [r.component_weights.tolist() for r in replies])
+            self._global, [r.updates for r in replies], [r.aggregation_weights.tolist() for r in replies],
+            step=self.step_size(replies))
         return self.round_metrics(replies)
 
     @staticmethod
     def round_metrics(replies: Sequence[ClientReply]) -> dict[str, float]:
-        """Example-weighted training cross-entropy and components uploaded per client."""
+        """Example-weighted training cross-entropy and updates uploaded per client."""
         total = sum(r.num_examples for r in replies)
         return {
             "train_cross_entropy": sum(r.metrics["cross_entropy"] * r.num_examples for r in replies) / total,
             "components_sent_per_client": sum(u is not None for r in replies for u in r.updates) / len(replies),
         }
+
+
+def check_aggregation(name: str, value: str) -> str:
+    """``value`` if it is one of :data:`AGGREGATIONS`, else ConfigError naming ``name``."""
+    check_choice(name, value, AGGREGATIONS)
+    return value

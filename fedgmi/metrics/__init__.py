@@ -1,6 +1,6 @@
 """Metrics scored against the scenario's ground truth (evaluation only)."""
 
-from fedgmi.metrics.mixture import (
+from fedgmi.metrics.mixture_scores import (
     MixtureScores,
     assignment_accuracy,
     confusion_matrix,

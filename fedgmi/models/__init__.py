@@ -1,10 +1,8 @@
 """Density-estimator models for FedGMI mixture components."""
 
 from fedgmi.models.elbo import (
-    ElboTerms,
     bernoulli_log_likelihood,
     diagonal_gaussian_log_density,
-    elbo_terms,
     gaussian_kl_to_standard_normal,
     iwae_bound,
     standard_normal_log_density,
@@ -14,10 +12,8 @@ from fedgmi.models.vae import ESTIMATORS, ComponentVAE, mlp
 __all__ = [
     "ESTIMATORS",
     "ComponentVAE",
-    "ElboTerms",
     "bernoulli_log_likelihood",
     "diagonal_gaussian_log_density",
-    "elbo_terms",
     "gaussian_kl_to_standard_normal",
     "iwae_bound",
     "mlp",

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedgmi.models.heads import weighted_cross_entropy
 from fedgmi.models.vae import ComponentVAE
 
 
@@ -37,7 +38,9 @@ class MixtureComponent(nn.Module):
         """Responsibility-weighted negative ELBO and cross-entropy (FedGMI M-step).
 
         Both are sum_i w_i * loss_i / (B * norm), with ``norm`` the mean weight of the client's
-        data for this component, so a batch is an unbiased estimate of the weighted mean.
+        data for this component, so a batch is an unbiased estimate of the weighted mean
+        (:meth:`ComponentVAE.weighted_negative_elbo`,
+        :func:`~fedgmi.models.heads.weighted_cross_entropy`).
 
         Args:
             x: (B, D) inputs; y: (B,) labels; weights: (B,) responsibilities r_ik.
@@ -46,10 +49,8 @@ class MixtureComponent(nn.Module):
         Returns:
             ``(neg_elbo, cross_entropy)`` scalars in nats (cross-entropy 0 without a head).
         """
-        nll = -self.vae.elbo(x, generator=generator).float()  # (B,)
-        neg_elbo = (weights * nll).mean() / norm
+        neg_elbo = self.vae.weighted_negative_elbo(x, weights, norm, generator=generator)
         if self.head is None:
             return neg_elbo, torch.zeros((), device=x.device)
-        ce = F.cross_entropy(self.head(x).float(), y, reduction="none")  # (B,)
         head_weights = weights if head_weights is None else head_weights
-        return neg_elbo, (head_weights * ce).mean() / norm
+        return neg_elbo, weighted_cross_entropy(self.head(x), y, head_weights, norm)

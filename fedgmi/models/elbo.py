@@ -11,16 +11,13 @@ References:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "ElboTerms",
     "bernoulli_log_likelihood",
     "diagonal_gaussian_log_density",
-    "elbo_terms",
     "gaussian_kl_to_standard_normal",
     "iwae_bound",
     "standard_normal_log_density",
@@ -92,42 +89,6 @@ def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
         Log-density in nats summed over the last dimension, shape ``(...)``.
     """
     return -0.5 * (_LOG_2PI + z.pow(2)).sum(dim=-1)
-
-
-class ElboTerms(NamedTuple):
-    """The two ELBO terms and their difference, each shape ``(B,)`` in nats."""
-
-    reconstruction: torch.Tensor
-    """Monte-Carlo estimate of ``E_q[log p(x | z)]``."""
-    kl: torch.Tensor
-    """Analytic ``KL(q(z | x) || p(z))``."""
-    elbo: torch.Tensor
-    """``reconstruction - kl``."""
-
-
-def elbo_terms(
-    logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
-) -> ElboTerms:
-    """SGVB estimator of the ELBO with analytic KL (Kingma & Welling 2014, Eq. 10).
-
-    ``ELBO(x) ~= 1/S sum_s log p(x | z_s) - KL(q(z | x) || N(0, I))`` with ``z_s ~ q(z | x)``
-    already drawn (reparameterised) and decoded to ``logits`` by the caller.
-
-    Args:
-        logits: Decoder logits for the ``S`` latent samples, shape ``(S, B, D)``; a
-            ``(B, D)`` tensor is treated as ``S = 1``.
-        x: Targets in [0, 1], shape ``(B, D)``.
-        mu: Posterior means, shape ``(B, L)``.
-        logvar: Posterior log-variances, shape ``(B, L)``.
-
-    Returns:
-        :class:`ElboTerms` of shape ``(B,)`` tensors in nats.
-    """
-    if logits.dim() == x.dim():
-        logits = logits.unsqueeze(0)
-    reconstruction = bernoulli_log_likelihood(logits, x).mean(dim=0)  # (S, B) -> (B,)
-    kl = gaussian_kl_to_standard_normal(mu, logvar)  # (B,)
-    return ElboTerms(reconstruction, kl, reconstruction - kl)
 
 
 def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,27 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedgmi.errors import ConfigError
 from fedgmi.models.vae import mlp
+
+
+def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
+                           norm: torch.Tensor | float) -> torch.Tensor:
+    """sum_i w_i CE(logits_i, y_i) / (B * norm): the training-weighted cross-entropy of a batch
+    (FedGMI's M-step for a head, FedEM eq. 9; with ``norm`` the mean weight over the client's
+    data, each batch is an unbiased estimate of the client's weighted mean).
+
+    Args:
+        logits: (B, Y) class logits; y: (B,) labels; weights: (B,) w_i >= 0.
+        norm: The normaliser, a scalar > 0.
+
+    Returns:
+        Scalar float32 loss in nats.
+    """
+    return (weights * F.cross_entropy(logits.float(), y, reduction="none")).mean() / norm
 
 
 class MLPClassifier(nn.Module):

@@ -402,23 +402,33 @@ class ComponentVAE(lightning.LightningModule):
         self,
         x: torch.Tensor,
         weights: torch.Tensor | None = None,
+        norm: torch.Tensor | float | None = None,
         num_samples: int = 1,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Weighted mean negative ELBO: ``sum_i w_i (-ELBO(x_i)) / sum_i w_i``.
+        """Responsibility-weighted negative ELBO, the FedGMI M-step loss of component ``k``
+        with ``w_i = r_ik`` (DESIGN.md step 3; Hou et al., arXiv 2605.08760).
 
-        The FedGMI M-step loss of component ``k`` with ``w_i = r_ik`` (responsibilities).
-        If every weight is zero the result is ``0`` and still attached to the graph (its
-        gradient is zero). Weights are not checked for sign (they must be >= 0).
+        ``sum_i w_i (-ELBO(x_i)) / (B * norm)``. With ``norm=None`` it is the batch's mean
+        weight, so the loss is ``sum_i w_i (-ELBO(x_i)) / sum_i w_i`` (what
+        :meth:`training_step` uses); the federated worker passes the mean weight over the
+        client's data instead, so that each batch is an unbiased estimate of the client's
+        weighted mean (paper: silent; here: that normalisation). The one formula both paths
+        use. If every weight is zero the result is ``0`` and still attached to the graph.
+        Weights are not checked for sign (they must be >= 0).
 
         Args:
             x: Inputs in [0, 1], ``(B, D)`` or ``(B, *image_shape)``.
             weights: Per-sample weights ``(B,)`` >= 0; ``None`` means all ones (plain mean).
+            norm: Normaliser (a scalar > 0), see above.
             num_samples: Monte-Carlo samples of the ELBO.
             generator: Optional RNG for the latent noise.
 
         Returns:
-            Scalar loss in nats (per sample).
+            Scalar loss in nats (per sample), float32 or wider.
+
+        Raises:
+            ConfigError: ``weights`` does not have the batch's shape ``(B,)``.
         """
         neg_elbo = -self.elbo(x, num_samples=num_samples, generator=generator)  # (B,)
         if weights is None:
@@ -429,8 +439,9 @@ class ComponentVAE(lightning.LightningModule):
                 "matching the batch"
             )
         w = weights.to(neg_elbo.dtype)  # (B,)
-        total = w.sum().clamp_min(torch.finfo(w.dtype).tiny)  # zero sum -> 0 / tiny = 0
-        return (w * neg_elbo).sum() / total
+        if norm is None:
+            norm = w.mean().clamp_min(torch.finfo(w.dtype).tiny)  # zero weights -> 0 / tiny = 0
+        return (w * neg_elbo).mean() / norm
 
     # ------------------------------------------------------------------ Lightning hooks
     @staticmethod

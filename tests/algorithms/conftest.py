@@ -16,12 +16,14 @@ def small_scenario(digits_base):
 
 @pytest.fixture
 def make_peer(small_scenario):
-    """make_peer(cls, num_components=None, **kwargs): a set-up strategy (CPU, seed 0)."""
+    """make_peer(cls, num_components=None, seed=0, train_examples=None, **kwargs): a set-up strategy
+    (CPU)."""
 
-    def make(cls, num_components=None, seed=0, **kwargs):
+    def make(cls, num_components=None, seed=0, train_examples=None, **kwargs):
         sc = small_scenario
         strategy = cls(**kwargs)
-        spec = ProblemSpec(sc.image_shape, num_components or sc.num_components, sc.num_classes, len(sc.clients))
+        spec = ProblemSpec(sc.image_shape, num_components or sc.num_components, sc.num_classes, len(sc.clients),
+                           train_examples)
         strategy.setup(spec, lightning.Fabric(accelerator="cpu", devices=1), seed=seed)
         return strategy
 

@@ -11,6 +11,7 @@ from fedgmi.algorithms.fedavg import FedAvg
 from fedgmi.errors import ConfigError
 from fedgmi.federated.evaluation import EvalConfig, evaluate
 from fedgmi.models.heads import MLPClassifier
+from tests.helpers import run_client
 
 
 def num_params(scenario):
@@ -21,17 +22,17 @@ def test_fedavg_sends_one_model_down_and_one_delta_plus_one_weight_up(make_peer,
     strategy = make_peer(FedAvg, local_epochs=1)
     p = num_params(small_scenario)
     tasks = strategy.configure_round(0, [0, 1])
-    replies = [strategy.client_update(t, small_scenario.clients[t.client_id]) for t in tasks]
+    replies = [run_client(strategy, t, small_scenario.clients[t.client_id]) for t in tasks]
     assert [t.bytes_down for t in tasks] == [4 * p, 4 * p]
     assert [r.bytes_up for r in replies] == [4 * p + 4, 4 * p + 4]
     n = [len(small_scenario.clients[c].x_train) for c in (0, 1)]
-    assert [float(r.component_weights[0]) for r in replies] == n  # FedAvg's weights n_c
+    assert [float(r.aggregation_weights[0]) for r in replies] == n  # FedAvg's weights n_c
 
 
 def test_fedavg_aggregate_is_the_example_weighted_mean_of_client_models(make_peer, small_scenario):
     strategy = make_peer(FedAvg, local_epochs=1)
     (theta,) = strategy.global_state
-    replies = [strategy.client_update(t, small_scenario.clients[t.client_id])
+    replies = [run_client(strategy, t, small_scenario.clients[t.client_id])
                for t in strategy.configure_round(0, [0, 1])]
     strategy.aggregate(0, replies)
     n0, n1 = (r.num_examples for r in replies)
@@ -55,7 +56,7 @@ def test_the_base_class_alone_has_no_e_step(make_peer, small_scenario):
 
     strategy = make_peer(NoEStep)
     with pytest.raises(NotImplementedError):
-        strategy.client_update(strategy.configure_round(0, [0])[0], small_scenario.clients[0])
+        run_client(strategy, strategy.configure_round(0, [0])[0], small_scenario.clients[0])
 
 
 @pytest.mark.parametrize("kw", [{"local_epochs": 0}, {"batch_size": 2.5}, {"weight_floor": 1.0}])

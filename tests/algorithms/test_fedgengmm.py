@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from fedgmi.algorithms.fedgengmm import FedGenGMM, fit_federated_gmm
+from tests.helpers import run_client, run_initialize
 
 MEANS = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
 
@@ -25,15 +26,16 @@ def test_global_gmm_recovers_well_separated_gaussians_from_skewed_clients():
 
 def test_fedgengmm_initialize_counts_the_one_shot_bytes_and_trains_classifiers(make_peer, small_scenario):
     strategy = make_peer(FedGenGMM, feature_dim=4, local_components=2, synthetic_samples=2000, local_epochs=1)
-    stats = strategy.initialize(small_scenario.clients)
+    stats = run_initialize(strategy, small_scenario.clients)
     c = len(small_scenario.clients)
-    assert stats["bytes_up"] == c * 4 * (2 + 2 * 4 + 2 * 16)
-    assert stats["bytes_down"] == c * 4 * (3 + 3 * 4 + 3 * 16)
+    assert stats.bytes_up == c * 4 * (2 + 2 * 4 + 2 * 16)
+    assert stats.bytes_down == c * 4 * (3 + 3 * 4 + 3 * 16)
+    assert stats.exchanges == 2 and stats.client_states == {}
     task = strategy.configure_round(0, [0])[0]
-    reply = strategy.client_update(task, small_scenario.clients[0])
+    reply = run_client(strategy, task, small_scenario.clients[0])
     pi = strategy.client_proportions(0)
     assert pi.shape == (3,) and abs(float(pi.sum()) - 1) < 1e-5
-    torch.testing.assert_close(reply.component_weights.sum(), torch.tensor(float(reply.num_examples)))
+    torch.testing.assert_close(reply.aggregation_weights.sum(), torch.tensor(float(reply.num_examples)))
     restored = make_peer(FedGenGMM, feature_dim=4)
     restored.load_state_dict(strategy.state_dict())
     x = small_scenario.clients[1].x_test

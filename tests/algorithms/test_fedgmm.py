@@ -5,21 +5,21 @@ import torch
 
 from fedgmi.algorithms.fedgmm import FedGMM
 from fedgmi.models.gaussian import moments_to_gaussian
+from tests.helpers import run_client, run_initialize
 
 
 def test_aggregated_moments_equal_the_pooled_weighted_moments(make_peer, small_scenario):
     strategy = make_peer(FedGMM, feature_dim=4, local_epochs=1)
-    strategy.initialize(small_scenario.clients)
+    run_initialize(strategy, small_scenario.clients)
     tasks = strategy.configure_round(0, [0, 1])
-    replies = [strategy.client_update(t, small_scenario.clients[t.client_id]) for t in tasks]
+    replies = [run_client(strategy, t, small_scenario.clients[t.client_id]) for t in tasks]
     strategy.aggregate(0, replies)
     d, hs = 4, strategy.head_size
     for k in range(3):
         f_all, r_all = [], []
         for t in tasks:  # recompute each client's responsibilities as it did
             x, y = small_scenario.clients[t.client_id].x_train, small_scenario.clients[t.client_id].y_train
-            strategy.client_state.pop(t.client_id, None)  # round 0 started from uniform
-            q, _ = strategy.estep(t, x, y)
+            q, _ = strategy.estep(t, x, y, None)  # round 0 started from uniform
             f_all.append(strategy.features(x))
             r_all.append(q[:, k])
         f, r = torch.cat(f_all), torch.cat(r_all)

@@ -4,6 +4,7 @@ import torch
 
 from fedgmi.algorithms.fedavg import FedAvg
 from fedgmi.algorithms.ifca import IFCA, hard_cluster
+from tests.helpers import run_client
 
 
 def test_hard_cluster_by_hand():
@@ -15,12 +16,12 @@ def test_hard_cluster_by_hand():
 def test_ifca_picks_the_lower_loss_cluster_and_sends_one_model_up(make_peer, small_scenario):
     client = small_scenario.clients[0]
     trained = make_peer(FedAvg, local_epochs=10)  # a model that fits client 0 well
-    reply = trained.client_update(trained.configure_round(0, [0])[0], client)
+    reply = run_client(trained, trained.configure_round(0, [0])[0], client)
     good = trained.global_state[0] + reply.updates[0]
     strategy = make_peer(IFCA, num_components=2, local_epochs=1)
     strategy._global = [strategy.global_state[0], good]  # cluster 1: the lower loss on client 0
     task = strategy.configure_round(0, [0])[0]
-    out = strategy.client_update(task, client)
+    out = run_client(strategy, task, client)
     torch.testing.assert_close(strategy.client_proportions(0), torch.tensor([0.0, 1.0]))
     assert out.updates[0] is None and out.updates[1] is not None
     p = good.numel()

@@ -7,17 +7,17 @@ import lightning
 import pytest
 import torch
 
-from fedgmi.algorithms.fedgmi import FedGMI
+from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.data import ScenarioConfig, build_scenario
 from fedgmi.errors import ConfigError
 from fedgmi.federated.aggregation import aggregate_components
 from fedgmi.federated.channel import Channel
 from fedgmi.federated.compression import StochasticQuantization, TopK
 from fedgmi.federated.evaluation import EvalConfig
+from fedgmi.federated.messages import ClientReply, ClientTask, tensor_bytes
 from fedgmi.federated.server import FederationConfig, run_federation
 from fedgmi.federated.strategy import ProblemSpec
 from fedgmi.models import ComponentVAE
-from fedgmi.types import ClientReply, ClientTask, tensor_bytes
 
 P, K = 2_000, 3
 
@@ -63,7 +63,7 @@ def test_partial_upload_aggregates_each_component_over_exactly_the_clients_that_
     sent = [[u is not None for u in r.updates] for r in replies]
     assert sent == [[True, True, False], [False, True, True], [False, False, True]]
     new = aggregate_components(t.global_state, [r.updates for r in replies],
-                               [r.component_weights.tolist() for r in replies])
+                               [r.aggregation_weights.tolist() for r in replies])
     for k in range(K):
         senders = [c for c in range(3) if sent[c][k]]
         total = sum(weights[c][k] for c in senders)
@@ -126,7 +126,7 @@ def test_state_dict_round_trips_residuals_held_copies_and_counters():
 @pytest.mark.parametrize("kwargs", [{"upload_threshold": 1.5}, {"upload_top_m": 0},
                                     {"uplink_budget_bytes": 0}, {"uplink_budget_bytes": 2.5}])
 def test_bad_channel_settings_raise_one_line_config_errors(kwargs):
-    with pytest.raises(ConfigError, match="communication"):
+    with pytest.raises(ConfigError, match="channel"):
         Channel(**kwargs)
 
 
@@ -166,20 +166,20 @@ def test_default_channel_leaves_a_run_exactly_as_it_was(digits_base):
     assert all(torch.equal(a, b) for a, b in zip(state, before_state))
 
 
-def test_communication_group_of_the_cli_builds_the_channel(tmp_path, capsys):
+def test_channel_group_of_the_cli_builds_the_channel(tmp_path, capsys):
     from fedgmi.cli import build_parser, main
 
     extra = tmp_path / "comm.yaml"
-    extra.write_text("communication:\n  uplink:\n    class_path: fedgmi.federated.compression.TopK\n"
+    extra.write_text("channel:\n  uplink:\n    class_path: fedgmi.federated.compression.TopK\n"
                      "    init_args:\n      fraction: 0.05\n      values:\n"
                      "        class_path: fedgmi.federated.compression.StochasticQuantization\n"
                      "        init_args: {bits: 4}\n  upload_top_m: 2\n  uplink_budget_bytes: 100000\n")
     parser = build_parser()
     cfg = parser.parse_args(["fit", "--config", "configs/pm_digits.yaml", "--config", str(extra)])
-    channel = parser._subcommands_action._name_parser_map["fit"].instantiate(cfg.fit).communication
+    channel = parser._subcommands_action._name_parser_map["fit"].instantiate(cfg.fit).channel
     assert isinstance(channel.uplink_codec, TopK) and channel.uplink_codec.values.bits == 4
     assert channel.upload_top_m == 2 and channel.uplink_budget_bytes == 100_000
     assert channel.downlink_codec.lossless  # the default downlink: Identity
-    assert main(["fit", "--config", "configs/pm_digits.yaml", "--communication.upload_threshold", "2"]) == 2
+    assert main(["fit", "--config", "configs/pm_digits.yaml", "--channel.upload_threshold", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "upload_threshold" in err[0]

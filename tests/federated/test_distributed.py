@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning
 import torch
 
-from fedgmi.federated.distributed import any_rank, gather, my_slice, setup_worker
+from fedgmi.federated.distributed import any_rank, gather, my_slice
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--config", str(ROOT / "configs" / "pm_digits.yaml"), "--federation.rounds", "3",
@@ -42,7 +42,3 @@ def test_single_process_helpers_are_identities():
     fabric = lightning.Fabric(accelerator="cpu", devices=1)
     assert my_slice(fabric, [3, 4, 5]) == [3, 4, 5] and gather(fabric, "x") == ["x"]
     assert any_rank(fabric, True) and not any_rank(fabric, False)
-    module, optimizer = setup_worker(fabric, torch.nn.Linear(2, 1), lambda ps: torch.optim.SGD(ps, lr=0.1))
-    assert type(module) is torch.nn.Linear  # the raw module, never a DDP wrapper
-    module(torch.ones(1, 2)).sum().backward()
-    optimizer.step()

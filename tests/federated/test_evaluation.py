@@ -9,12 +9,12 @@ import torch
 
 from fedgmi.data import ClientData
 from fedgmi.federated.evaluation import EvalConfig, evaluate
-from fedgmi.federated.strategy import Strategy
+from fedgmi.federated.strategy import EvaluationHooks, Strategy
 
 MEANS = torch.tensor([[-3.0, -3.0], [3.0, 3.0]])
 
 
-class GaussianMixtureStrategy(Strategy):
+class GaussianMixtureStrategy(Strategy, EvaluationHooks):
     """Components N(mu_k, I) in 2-D; component k predicts class k with probability 0.9."""
 
     def __init__(self):
@@ -25,7 +25,7 @@ class GaussianMixtureStrategy(Strategy):
     def global_state(self):
         return (MEANS.flatten(),)
 
-    def client_update(self, task, data):
+    def client_update(self, task, data, state):
         raise NotImplementedError
 
     def aggregate(self, round_idx, replies):

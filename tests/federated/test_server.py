@@ -1,5 +1,7 @@
 """The round loop with failing, broken and malicious clients (real digits data, small FedGMI)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -26,12 +28,12 @@ def one_round(strategy, scenario, corrupt=None, **fed):
     to an exception to raise). Returns (round metrics, loop state, warnings)."""
     original, warnings, state = strategy.client_update, [], LoopState()
 
-    def client_update(task, data):
+    def client_update(task, data, client_state):
         change = (corrupt or {}).get(task.client_id)
         if isinstance(change, Exception):
             raise change
-        reply = original(task, data)
-        return change(reply) if change else reply
+        reply, new_state = original(task, data, client_state)
+        return (change(reply) if change else reply), new_state
 
     strategy.client_update = client_update
     cfg = FederationConfig(rounds=1, client_fraction=1.0, **fed)
@@ -42,7 +44,7 @@ def one_round(strategy, scenario, corrupt=None, **fed):
 def with_updates(transform):
     def change(reply):
         updates = tuple(None if u is None else transform(u) for u in reply.updates)
-        return type(reply)(reply.client_id, reply.num_examples, reply.component_weights, updates, reply.metrics)
+        return dataclasses.replace(reply, updates=updates)
     return change
 
 
@@ -86,10 +88,10 @@ def test_a_nan_loss_stops_the_run_naming_round_and_client(scenario, monkeypatch)
     strategy = make_fedgmi(scenario, local_epochs=1)
 
     def nan_loss(*args, **kwargs):
-        zero = sum(p.sum() for p in strategy.component.parameters()) * 0
+        zero = sum(p.sum() for p in strategy.worker.module.parameters()) * 0
         return zero + float("nan"), zero
 
-    monkeypatch.setattr(strategy.component, "loss", nan_loss)
+    monkeypatch.setattr(strategy.worker.module, "loss", nan_loss)
     with pytest.raises(TrainingDiverged, match=r"round 0, client 0: component \d, local epoch 0: loss is not finite"):
         one_round(strategy, scenario)
 

@@ -11,7 +11,6 @@ import torch
 from fedgmi.models.elbo import (
     bernoulli_log_likelihood,
     diagonal_gaussian_log_density,
-    elbo_terms,
     gaussian_kl_to_standard_normal,
     iwae_bound,
     standard_normal_log_density,
@@ -99,21 +98,6 @@ def test_diagonal_gaussian_log_density_matches_hand_formula() -> None:
         standard_normal_log_density(torch.tensor(z)),
         diagonal_gaussian_log_density(torch.tensor(z), zero, zero),
     )
-
-
-def test_elbo_terms_averages_samples_and_subtracts_kl() -> None:
-    g = torch.Generator().manual_seed(1)
-    logits = torch.randn(4, 3, 5, generator=g)  # (S, B, D)
-    x = torch.rand(3, 5, generator=g)
-    mu, logvar = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
-    terms = elbo_terms(logits, x, mu, logvar)
-    rec = torch.stack([bernoulli_log_likelihood(logits[s], x) for s in range(4)]).mean(0)
-    torch.testing.assert_close(terms.reconstruction, rec)
-    torch.testing.assert_close(terms.kl, gaussian_kl_to_standard_normal(mu, logvar))
-    torch.testing.assert_close(terms.elbo, rec - terms.kl)
-    # A (B, D) logits tensor means S = 1.
-    single = elbo_terms(logits[0], x, mu, logvar)
-    torch.testing.assert_close(single.reconstruction, bernoulli_log_likelihood(logits[0], x))
 
 
 def test_iwae_bound_matches_numpy_logsumexp() -> None:

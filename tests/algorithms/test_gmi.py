@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn.utils import parameters_to_vector
 
-from fedgmi.algorithms.fedgmi import FedGMI
+from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.errors import ConfigError
-from tests.helpers import digits_scenario, make_fedgmi
+from tests.helpers import digits_scenario, make_fedgmi, run_client
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +35,15 @@ def test_client_update_reply_is_deterministic_and_consistent(scenario, phase_rou
     task = strategy.configure_round(phase_round, [2])[0]
     sent = [t.clone() for t in task.global_state]
     saved = {c: dict(s) for c, s in strategy.client_state.items()}
-    reply = strategy.client_update(task, scenario.clients[2])
+    reply = run_client(strategy, task, scenario.clients[2])
     strategy.client_state = saved  # the update moved the client's proportions; start again
-    again = strategy.client_update(task, scenario.clients[2])
+    again = run_client(strategy, task, scenario.clients[2])
     n = len(scenario.clients[2].x_train)
     for before, theta in zip(sent, strategy.global_state):  # the server's copy is untouched
         assert torch.equal(before, theta)
     assert reply.num_examples == n
-    assert reply.component_weights.sum().item() == pytest.approx(n, rel=1e-5)
-    for w, u, u2, theta in zip(reply.component_weights, reply.updates, again.updates, task.global_state):
+    assert reply.aggregation_weights.sum().item() == pytest.approx(n, rel=1e-5)
+    for w, u, u2, theta in zip(reply.aggregation_weights, reply.updates, again.updates, task.global_state):
         assert (u is None) == (w.item() < 5.0)
         if u is not None:
             assert u.shape == theta.shape and u.abs().max() > 0
@@ -54,7 +54,7 @@ def test_client_update_reply_is_deterministic_and_consistent(scenario, phase_rou
 def test_aggregating_one_client_moves_each_sent_component_to_its_parameters(scenario):
     strategy = make_strategy(scenario)
     task = strategy.configure_round(0, [0])[0]
-    reply = strategy.client_update(task, scenario.clients[0])
+    reply = run_client(strategy, task, scenario.clients[0])
     strategy.aggregate(0, [reply])
     for theta, u, new in zip(task.global_state, reply.updates, strategy.global_state):
         expected = theta if u is None else theta + u
@@ -68,11 +68,11 @@ def test_local_training_lowers_the_weighted_negative_elbo(scenario):
     r = strategy.topic.log_likelihood_of(client.x_train).softmax(1)
     k = int(r.sum(0).argmax())
     before = strategy.load_component(task.global_state[k]).vae.weighted_negative_elbo(client.x_train, r[:, k])
-    reply = strategy.client_update(task, client)
+    reply = run_client(strategy, task, client)
     vae = strategy.load_component(task.global_state[k] + reply.updates[k]).vae
     after = vae.weighted_negative_elbo(client.x_train, r[:, k])
     assert after < before - 5.0, (before, after)
-    assert parameters_to_vector(strategy.component.parameters()).shape == task.global_state[k].shape
+    assert parameters_to_vector(strategy.worker.module.parameters()).shape == task.global_state[k].shape
 
 
 @pytest.mark.parametrize("kw", [{"init": "kmeans"}, {"local_epochs": 0}, {"estimator": "exact"},
@@ -84,7 +84,7 @@ def test_bad_options_are_one_line_config_errors(kw):
 
 
 def test_joint_and_label_free_evidence_in_a_closed_form_case():
-    from fedgmi.federated.mixture import responsibilities
+    from fedgmi.federated.responsibilities import responsibilities
 
     log_px = torch.tensor([[-10.0, -11.0], [-5.0, -5.0]])  # (N=2, K=2)
     py = torch.tensor([[[0.9, 0.1], [0.2, 0.8]], [[0.5, 0.5], [0.99, 0.01]]])  # (N, K, Y)
@@ -127,7 +127,7 @@ def test_mixed_precision_round_keeps_likelihoods_proportions_and_updates_in_floa
     assert (log_mixed.argmax(1).cpu() == log_ref.argmax(1)).float().mean() > 0.9
 
     task = mixed.configure_round(20, [1])[0]  # a VAE round
-    reply = mixed.client_update(task, scenario.clients[1])
+    reply = run_client(mixed, task, scenario.clients[1])
     pi = mixed.client_proportions(1)
     assert pi.dtype == torch.float32 and pi.sum().item() == pytest.approx(1.0, abs=1e-5)
     sent = [u for u in reply.updates if u is not None]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedgmi.errors import ConfigError
-from fedgmi.federated.mixture import estimate_proportions, responsibilities
+from fedgmi.federated.responsibilities import estimate_proportions, responsibilities
 
 
 def test_soft_responsibilities_match_bayes_rule_by_hand():

@@ -22,22 +22,32 @@ starts every component from its own random weights with uniform proportions (pla
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
-from torch.nn.utils import parameters_to_vector
 
 from fedgmi.algorithms.topic_init import TopicInit, fit_topic_init
-from fedgmi.federated.distributed import setup_worker
-from fedgmi.federated.mixture import check_rule, estimate_proportions, label_log_likelihood
-from fedgmi.federated.robustness import NonFiniteLossError
-from fedgmi.federated.strategy import ParameterVectorStrategy, ProblemSpec
+from fedgmi.federated.messages import ClientReply, ClientTask
+from fedgmi.federated.responsibilities import check_rule, estimate_proportions, label_log_likelihood
+from fedgmi.federated.strategy import (
+    ClientState,
+    Initialization,
+    ParameterVectorStrategy,
+    ProblemSpec,
+    check_aggregation,
+)
+from fedgmi.federated.worker import (
+    ClientWorker,
+    LocalTraining,
+    OptimizerFactory,
+    copy_into_parameters,
+    initial_vectors,
+)
 from fedgmi.models import ESTIMATORS, ComponentVAE
 from fedgmi.models.component import MixtureComponent
 from fedgmi.models.heads import MLPClassifier
 from fedgmi.models.personalized import PersonalizedMixture
-from fedgmi.types import ClientReply, ClientTask
 from fedgmi.validation import check_choice, check_int, check_number
 
 INITS = ("topic", "random")
@@ -45,24 +55,7 @@ ESTEPS = ("label_free", "joint")
 
 
 ComponentFactory = Callable[[tuple[int, ...]], ComponentVAE]
-OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 ClassifierFactory = Callable[[tuple[int, ...], int], torch.nn.Module]
-
-
-@torch.no_grad()
-def copy_into_parameters(vec: torch.Tensor, parameters: Iterable[torch.nn.Parameter]) -> None:
-    """Copy a (P,) vector into the parameters' own storage.
-
-    Unlike ``torch.nn.utils.vector_to_parameters``, which rebinds each ``param.data`` to a
-    view of ``vec`` (so that training would then write into ``vec``, the server's copy), this
-    leaves ``vec`` untouched and keeps the optimizer's references valid.
-    """
-    offset = 0
-    for p in parameters:
-        p.copy_(vec[offset:offset + p.numel()].view_as(p))
-        offset += p.numel()
-    if offset != vec.numel():
-        raise ValueError(f"vector has {vec.numel()} entries, the parameters {offset}")
 
 
 class FedGMI(ParameterVectorStrategy):
@@ -79,6 +72,8 @@ class FedGMI(ParameterVectorStrategy):
         optimizer: Builds the local optimizer from parameters; default
             Adam(lr=1e-3, fused=True) (fused: measured 7.3 vs 11.9 ms a step on this VAE on
             CPU). A fresh optimizer state is used for every client and component.
+            ``local_epochs``, ``batch_size``, ``optimizer`` and ``weight_floor`` make the
+            :class:`~fedgmi.federated.worker.LocalTraining` of the shared client worker.
         estep: "label_free" (log p_k(x) only; usable on unlabelled data) or "joint" (adds
             log p_k(y | x) of the component's head).
         label_weight: Weight lambda of log p_k(y | x) in the "joint" evidence
@@ -96,7 +91,7 @@ class FedGMI(ParameterVectorStrategy):
             like ``temperature``, it applies to the VAE rounds (warm-up uses the topic
             model's exact posterior).
         temperature: Temperature T of the likelihood in the E-step, r ~ pi * p(x)^(1/T)
-            (1 = exact posterior; see fedgmi.federated.mixture.responsibilities).
+            (1 = exact posterior; see fedgmi.federated.responsibilities.responsibilities).
         proportion_iters: EM iterations on pi with likelihoods fixed, per E-step.
         min_mass: A client trains and uploads component k only when w_ck = sum_i r_ik is at
             least this (in samples); smaller contributions are dropped.
@@ -105,6 +100,9 @@ class FedGMI(ParameterVectorStrategy):
         warmup_rounds: Rounds whose responsibilities come from the topic model ("topic").
         topic_clusters: Fine k-means clusters M of the topic initialisation.
         topic_restarts: Random restarts of the federated topic model.
+        aggregation: Server rule under partial participation, "sampled" (default: the
+            DESIGN's step 5, weights w_ck normalised over the sampled clients) or
+            "all_clients" (see :class:`~fedgmi.federated.strategy.ParameterVectorStrategy`).
 
     Raises:
         ConfigError: an out-of-range value or unknown option name (one line).
@@ -131,31 +129,30 @@ class FedGMI(ParameterVectorStrategy):
         warmup_rounds: int = 10,
         topic_clusters: int = 60,
         topic_restarts: int = 20,
+        aggregation: str = "sampled",
     ) -> None:
         check_rule(responsibility, temperature)
         for name, value, allowed in [("init", init, INITS), ("estep", estep, ESTEPS),
                                      ("estimator", estimator, ESTIMATORS)]:
-            check_choice(name, value, allowed)
+            check_choice(f"algorithm.init_args.{name}", value, allowed)
         for name, value, low in [
-            ("local_epochs", local_epochs, 1), ("batch_size", batch_size, 1),
             ("num_samples", num_samples, 1), ("proportion_iters", proportion_iters, 1),
             ("warmup_rounds", warmup_rounds, 0), ("topic_clusters", topic_clusters, 2),
             ("topic_restarts", topic_restarts, 1),
         ]:
-            check_int(name, value, low)
-        check_number("label_weight", label_weight, 0)
-        check_number("head_min_responsibility", head_min_responsibility, 0, 1, high_open=True)
-        check_number("min_mass", min_mass, 0)
-        check_number("weight_floor", weight_floor, 0, 1)
+            check_int(f"algorithm.init_args.{name}", value, low)
+        check_number("algorithm.init_args.label_weight", label_weight, 0)
+        check_number("algorithm.init_args.head_min_responsibility", head_min_responsibility, 0, 1, high_open=True)
+        check_number("algorithm.init_args.min_mass", min_mass, 0)
+        self.training = LocalTraining(local_epochs, batch_size, optimizer, weight_floor)
+        self.aggregation = check_aggregation("algorithm.init_args.aggregation", aggregation)
         self.component_factory = component or partial(ComponentVAE, hidden_dims=(200,), latent_dim=10)
         self.classifier_factory = classifier or MLPClassifier
-        self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3, fused=True)
         self.head_min_responsibility = head_min_responsibility
         self.estep, self.label_weight = estep, label_weight
-        self.local_epochs, self.batch_size = local_epochs, batch_size
         self.estimator, self.num_samples = estimator, num_samples
         self.responsibility, self.temperature = responsibility, temperature
-        self.proportion_iters, self.min_mass, self.weight_floor = proportion_iters, min_mass, weight_floor
+        self.proportion_iters, self.min_mass = proportion_iters, min_mass
         self.init, self.warmup_rounds = init, warmup_rounds if init == "topic" else 0
         self.topic_clusters, self.topic_restarts = topic_clusters, topic_restarts
         self.topic: TopicInit | None = None
@@ -168,15 +165,11 @@ class FedGMI(ParameterVectorStrategy):
                                 self.classifier_factory(spec.image_shape, spec.num_classes))
 
     def setup(self, spec: ProblemSpec, fabric, seed: int) -> None:
-        """Build K independently initialised components and one reusable worker."""
+        """Build K independently initialised components and the client worker."""
         super().setup(spec, fabric, seed)
-        states = []
-        for k in range(spec.num_components):
-            torch.manual_seed(seed * 1000 + k)  # component k's own initial weights
-            states.append(parameters_to_vector(self.build_component().parameters()))
-        self.component: MixtureComponent
-        self.component, self.local_optimizer = setup_worker(fabric, self.build_component(), self.optimizer_factory)
-        self._global = [s.detach().to(fabric.device) for s in states]
+        states = initial_vectors(self.build_component, spec.num_components, seed)
+        self.worker = ClientWorker(fabric, self.build_component(), self.training)
+        self._global = [s.to(fabric.device) for s in states]
 
     def state_dict(self) -> dict:
         """The base state plus the topic-model initialisation (its warm-up rounds need it)."""
@@ -187,11 +180,12 @@ class FedGMI(ParameterVectorStrategy):
         super().load_state_dict(state)
         self.topic = None if state.get("topic") is None else TopicInit(**state["topic"])
 
-    def initialize(self, clients) -> dict[str, float]:
+    def initialize(self, clients) -> Initialization:
         """Topic-model initialisation over all clients (``init="topic"``), see topic_init; in
-        the "joint" mode its tokens include the labels."""
+        the "joint" mode its tokens include the labels. Each client's state is its topic-model
+        proportions."""
         if self.init != "topic":
-            return {}
+            return Initialization()
         joint = self.estep == "joint"  # then tokens are (fine cluster, label) pairs
         self.topic = fit_topic_init(
             [c.x_train for c in clients], self.spec.num_components,
@@ -199,9 +193,8 @@ class FedGMI(ParameterVectorStrategy):
             clients_y=[c.y_train for c in clients] if joint else None,
             num_classes=self.spec.num_classes if joint else None,
         )
-        for c, pi in zip(clients, self.topic.proportions):
-            self.client_state[c.client_id] = {"pi": pi.to(self.fabric.device)}
-        return {"bytes_up": self.topic.bytes_up, "bytes_down": self.topic.bytes_down}
+        states = {c.client_id: {"pi": pi.to(self.fabric.device)} for c, pi in zip(clients, self.topic.proportions)}
+        return Initialization(states, self.topic.bytes_up, self.topic.bytes_down, self.topic.exchanges)
 
     def round_settings(self, round_idx: int) -> dict[str, float | int | str]:
         return {"phase": "warmup" if round_idx < self.warmup_rounds else "vae"}
@@ -226,9 +219,8 @@ class FedGMI(ParameterVectorStrategy):
 
     # ------------------------------------------------------------------ client side
     def load_component(self, theta: torch.Tensor) -> MixtureComponent:
-        """Load a (P,) parameter vector into the reusable worker and return it."""
-        copy_into_parameters(theta, self.component.parameters())
-        return self.component
+        """Load a (P,) parameter vector into the client worker and return it."""
+        return self.worker.load(theta)
 
     @torch.no_grad()
     def component_outputs(
@@ -243,19 +235,14 @@ class FedGMI(ParameterVectorStrategy):
             (N, K, Y) log p_k(y | x), under the components of ``state`` (default: global);
             with ``classes=False`` the heads are not run and the second is (N, K, 0).
         """
+        estimator, num_samples = estimator or self.estimator, num_samples or self.num_samples
+
+        def forward(component: MixtureComponent, xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            log_px = component.vae.log_likelihood(xb, estimator, num_samples, generator).float()  # (n,)
+            return log_px, component.class_log_prob(xb) if classes else xb.new_zeros(len(xb), 0)
+
         state = self._global if state is None else state
-        x = x.to(self.fabric.device)
-        log_px, class_lp = [], []
-        for theta in state:
-            component = self.load_component(theta)
-            with self.fabric.autocast():
-                log_px.append(torch.cat([
-                    component.vae.log_likelihood(xb, estimator or self.estimator,
-                                                 num_samples or self.num_samples, generator).float()
-                    for xb in x.split(chunk)]))
-                class_lp.append(torch.cat([component.class_log_prob(xb) for xb in x.split(chunk)]) if classes
-                                else x.new_zeros(len(x), 0))
-        return torch.stack(log_px, dim=1), torch.stack(class_lp, dim=1)
+        return self.worker.outputs(state, x.to(self.fabric.device), forward, chunk)
 
     def evidence(self, log_px: torch.Tensor, class_log_probs: torch.Tensor,
                  y: torch.Tensor | None = None) -> torch.Tensor:
@@ -265,8 +252,9 @@ class FedGMI(ParameterVectorStrategy):
             return log_px
         return log_px + self.label_weight * label_log_likelihood(class_log_probs, y)
 
-    def client_update(self, task: ClientTask, data) -> ClientReply:
-        """E-step, proportion update and weighted local training of each component."""
+    def client_update(self, task: ClientTask, data, state: ClientState) -> tuple[ClientReply, ClientState]:
+        """E-step, proportion update and weighted local training of each component; the new
+        state is the client's proportions."""
         device = self.fabric.device
         gen = torch.Generator(device).manual_seed(task.seed)
         x, y = data.x_train.to(device), data.y_train.to(device)  # (n, D), (n,)
@@ -277,55 +265,23 @@ class FedGMI(ParameterVectorStrategy):
                                                       classes=self.estep == "joint")
             log_lik = self.evidence(log_px, class_lp, y)
             rule, temperature = self.responsibility, self.temperature
-        pi, r = estimate_proportions(
-            log_lik, self.client_proportions(task.client_id), self.proportion_iters, rule, temperature
-        )
-        self.client_state[task.client_id] = {"pi": pi}
-        weights = r.sum(0)  # (K,) w_ck
-        updates, losses = [], torch.zeros(2)
+        pi, r = estimate_proportions(log_lik, state.get("pi"), self.proportion_iters, rule, temperature)
+        weights = r.sum(0)  # (K,) aggregation weights w_ck = sum_i r_ik
+        updates, losses = [], torch.zeros(2, dtype=torch.float64)
         for k, theta in enumerate(task.global_state):
             if weights[k] < self.min_mass:
                 updates.append(None)
                 continue
-            new_theta, loss = self._train_component(theta, x, y, r[:, k], gen, k)
+            new_theta, loss = self.worker.train(theta, x, y, r[:, k], gen, self._loss, f"component {k}")
             updates.append(new_theta - theta)
             losses += loss * float(weights[k])
         losses /= max(float(weights.sum()), 1e-12)
-        return ClientReply(
-            client_id=task.client_id, num_examples=len(x), component_weights=weights.cpu(),
-            updates=tuple(updates),
-            metrics={"neg_elbo": float(losses[0]), "cross_entropy": float(losses[1])},
-        )
+        reply = task.reply(len(x), updates, weights,
+                           {"neg_elbo": float(losses[0]), "cross_entropy": float(losses[1])})
+        return reply, {"pi": pi}
 
-    def _train_component(
-        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor,
-        gen: torch.Generator, k: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weighted training of component ``k`` from ``theta`` on (n, D) ``x``, (n,) ``y`` with
-        (n,) weights ``r``; returns the new (P,) vector and the last epoch's mean
-        (negative ELBO, cross-entropy).
-
-        Raises:
-            NonFiniteLossError: an epoch's loss is NaN or Inf (checked once per epoch).
-        """
-        component = self.load_component(theta)
-        self.local_optimizer.state.clear()  # fresh local optimizer state per client
-        keep = r >= self.weight_floor
-        xk, yk, wk = x[keep], y[keep], r[keep]  # (m, D), (m,), (m,)
-        norm = wk.mean()  # loss = mean_i w_i l_i / mean(w): unbiased weighted mean
-        head_weights = wk * (wk >= self.head_min_responsibility)  # (m,)
-        for epoch in range(self.local_epochs):
-            order = torch.randperm(len(xk), generator=gen, device=xk.device)
-            total = torch.zeros(2, device=xk.device)
-            for idx in order.split(self.batch_size):
-                with self.fabric.autocast():
-                    neg_elbo, ce = component.loss(xk[idx], yk[idx], wk[idx], norm, gen, head_weights[idx])
-                self.local_optimizer.zero_grad(set_to_none=True)
-                self.fabric.backward(neg_elbo + ce)
-                self.local_optimizer.step()
-                total += torch.stack([neg_elbo.detach(), ce.detach()]) * len(idx)
-            if not torch.isfinite(total).all():
-                raise NonFiniteLossError(f"component {k}, local epoch {epoch}: loss is not finite "
-                                         f"(negative ELBO {total[0]:.4g}, cross-entropy {total[1]:.4g})")
-        new_theta = parameters_to_vector(component.parameters()).detach().clone()
-        return new_theta, (total / max(len(xk), 1)).cpu()
+    def _loss(self, component: MixtureComponent, x, y, w, norm, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of the M-step: the weighted negative ELBO plus the head's weighted
+        cross-entropy, the head seeing only samples with r_ik >= ``head_min_responsibility``."""
+        neg_elbo, ce = component.loss(x, y, w, norm, gen, w * (w >= self.head_min_responsibility))
+        return neg_elbo + ce, torch.stack([neg_elbo.detach(), ce.detach()])
