@@ -30,8 +30,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from fedgmi.algorithms.gmi import FedGMI, copy_into_parameters
+from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.federated.responsibilities import estimate_proportions
+from fedgmi.federated.worker import copy_into_parameters
 
 
 class _Loss(nn.Module):
@@ -69,33 +70,22 @@ def vmap_client(strategy: FedGMI, task, client) -> tuple[int, int]:
 
     batched = vmap(loss_k, in_dims=(0, 0, None, None, 0, 0, 0), randomness="different")
     steps = 0
-    for _ in range(strategy.local_epochs):
-        for idx in torch.randperm(len(x)).split(strategy.batch_size):
+    for _ in range(strategy.training.local_epochs):
+        for idx in torch.randperm(len(x)).split(strategy.training.batch_size):
             loss = batched(params, buffers, x[idx], y[idx], w[:, idx], norm, head_w[:, idx]).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             steps += 1
-    return steps, len(x) * len(modules) * strategy.local_epochs
+    return steps, len(x) * len(modules) * strategy.training.local_epochs
 
 
 def worker_round(strategy: FedGMI, scenario, tasks) -> tuple[int, int]:
-    """fedgmi's own client loop; returns (steps, sample passes)."""
-    counts = [0, 0]
-    train = strategy._train_component
-
-    def counted(theta, x, y, r, gen, k):
-        kept = int((r >= strategy.weight_floor).sum())
-        counts[0] += -(-kept // strategy.batch_size) * strategy.local_epochs
-        counts[1] += kept * strategy.local_epochs
-        return train(theta, x, y, r, gen, k)
-
-    strategy._train_component = counted
-    try:
-        throughput.run_fedgmi(strategy, scenario, tasks)
-    finally:
-        del strategy._train_component
-    return counts[0], counts[1]
+    """fedgmi's own client loop; returns (steps, sample passes) from the worker's counters."""
+    worker = strategy.worker
+    steps, samples = worker.optimizer_steps, worker.samples_trained
+    throughput.run_fedgmi(strategy, scenario, tasks)
+    return worker.optimizer_steps - steps, worker.samples_trained - samples
 
 
 def main() -> None:

@@ -50,10 +50,11 @@ from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import ToTensor
 
-from fedgmi.algorithms.gmi import FedGMI, copy_into_parameters
+from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.data import ScenarioConfig, build_scenario
 from fedgmi.federated.responsibilities import estimate_proportions
 from fedgmi.federated.strategy import ProblemSpec
+from fedgmi.federated.worker import copy_into_parameters
 from fedgmi.models import ComponentVAE
 from fedgmi.models.heads import CNNClassifier, MLPClassifier
 
@@ -94,7 +95,14 @@ def timed(fn, *args) -> tuple[float, object]:
 
 # ---------------------------------------------------------------------------- the three ways
 def run_fedgmi(strategy: FedGMI, scenario, tasks) -> list:
-    return [strategy.client_update(task, scenario.clients[task.client_id]) for task in tasks]
+    """The tasks' client updates as the federated loop runs them (each client's state stored)."""
+    replies = []
+    for task in tasks:
+        reply, state = strategy.client_update(task, scenario.clients[task.client_id],
+                                              strategy.client_state.get(task.client_id, {}))
+        strategy.client_state[task.client_id] = state
+        replies.append(reply)
+    return replies
 
 
 def floor_client(strategy: FedGMI, modules, optimizers, task, client, prior) -> tuple[int, list]:
@@ -113,13 +121,13 @@ def floor_client(strategy: FedGMI, modules, optimizers, task, client, prior) -> 
         if r[:, k].sum() < strategy.min_mass:
             updates.append(None)
             continue
-        keep = r[:, k] >= strategy.weight_floor
+        keep = r[:, k] >= strategy.training.weight_floor
         xk, yk, wk = x[keep], y[keep], r[keep, k]
         norm = wk.mean()
         head_w = wk * (wk >= strategy.head_min_responsibility)
         optimizer.state.clear()
-        for _ in range(strategy.local_epochs):
-            for idx in torch.randperm(len(xk), generator=gen).split(strategy.batch_size):
+        for _ in range(strategy.training.local_epochs):
+            for idx in torch.randperm(len(xk), generator=gen).split(strategy.training.batch_size):
                 neg_elbo, ce = module.loss(xk[idx], yk[idx], wk[idx], norm, gen, head_w[idx])
                 optimizer.zero_grad(set_to_none=True)
                 (neg_elbo + ce).backward()
@@ -157,7 +165,7 @@ def naive_client(globals_, client, prior, strategy: FedGMI, seed: int, data: str
     torch.manual_seed(seed)
     shape = strategy.spec.image_shape
     models = [copy.deepcopy(m) for m in globals_]  # a model copy per client and component
-    loader = DataLoader(NAIVE_DATA[data](client.x_train, client.y_train, shape=shape), batch_size=strategy.batch_size)
+    loader = DataLoader(NAIVE_DATA[data](client.x_train, client.y_train, shape=shape), batch_size=strategy.training.batch_size)
     with torch.no_grad():
         log_px = torch.cat([torch.stack([m.vae.log_likelihood(xb, "elbo", 1) for m in models], 1)
                             for xb, _ in loader])
@@ -166,12 +174,12 @@ def naive_client(globals_, client, prior, strategy: FedGMI, seed: int, data: str
     for k, model in enumerate(models):
         if same_samples and r[:, k].sum() < strategy.min_mass:
             continue
-        keep = r[:, k] >= (strategy.weight_floor if same_samples else 0.0)
+        keep = r[:, k] >= (strategy.training.weight_floor if same_samples else 0.0)
         dataset = NAIVE_DATA[data](client.x_train[keep], client.y_train[keep], r[keep, k], shape=shape)
         norm = r[keep, k].mean()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for _ in range(strategy.local_epochs):
-            for xb, yb, wb in DataLoader(dataset, batch_size=strategy.batch_size, shuffle=True):
+        for _ in range(strategy.training.local_epochs):
+            for xb, yb, wb in DataLoader(dataset, batch_size=strategy.training.batch_size, shuffle=True):
                 neg_elbo, ce = model.loss(xb, yb, wb, norm, None, wb * (wb >= strategy.head_min_responsibility))
                 optimizer.zero_grad()
                 (neg_elbo + ce).backward()
@@ -199,7 +207,7 @@ def prepare(args):
     scenario = scenario_of(args.clients + 1, args.samples)
     strategy = make_strategy(scenario, args.local_epochs, args.warmup_rounds, args.head)
     ids = list(range(args.clients + 1))
-    strategy.initialize(scenario.clients)
+    strategy.client_state.update(strategy.initialize(scenario.clients).client_states)
     run_rounds(strategy, scenario, range(args.warmup_rounds), lambda rnd: ids)  # the components specialise
     return scenario, strategy, strategy.configure_round(args.warmup_rounds, ids)
 

@@ -32,6 +32,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_insta
 from rich.console import Console
 
 from fedgmi import tracking
+import fedgmi.algorithms  # noqa: F401 - every algorithm, so that its class name selects it
 from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.data import ScenarioConfig, build_scenario
 from fedgmi.errors import ConfigError
@@ -191,18 +192,19 @@ def prepare(parser: ArgumentParser, cfg: Namespace, suffix: str = "") -> Prepare
     fabric = objs.fabric.build(loggers)
     run = RunDirectory(fabric.broadcast(str(path), src=0))  # the same folder on every rank
     lightning.seed_everything(sub_cfg.seed, verbose=False)
-    spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes,
-                       len(scenario.clients))
+    train_ids, unseen_ids = objs.federation.split_clients(len(scenario.clients))
+    spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes, len(scenario.clients),
+                       train_examples=sum(len(scenario.clients[c].x_train) for c in train_ids))
     objs.algorithm.setup(spec, fabric, sub_cfg.seed)
     if checkpoint is not None:
-        signature = strategy_signature(type(objs.algorithm).__name__, objs.algorithm.global_state)
+        signature = strategy_signature(objs.algorithm.name, objs.algorithm.global_state)
         check_signature(sub_cfg.ckpt_path, checkpoint["signature"], signature)
         objs.algorithm.load_state_dict(checkpoint["strategy"])
     config_text = sub_parser.dump(sub_cfg)
     if fabric.is_global_zero:
         run.write_config(config_text)
     tracking.log_hyperparams(fabric, yaml.safe_load(config_text))
-    unseen = set(objs.federation.split_clients(len(scenario.clients))[1])
+    unseen = set(unseen_ids)
     return Prepared(scenario, objs.algorithm, fabric, run, objs, unseen, checkpoint)
 
 
@@ -233,7 +235,7 @@ def checkpoint_state(p: Prepared, loop: LoopState) -> dict:
     return {"round": loop.next_round, "loop": asdict(loop), "strategy": p.strategy.state_dict(),
             "channel": p.objs.channel.state_dict(),
             "rng": rng_states(), "wandb_id": tracking.wandb_run_id(p.fabric),
-            "signature": strategy_signature(type(p.strategy).__name__, p.strategy.global_state)}
+            "signature": strategy_signature(p.strategy.name, p.strategy.global_state)}
 
 
 def fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:

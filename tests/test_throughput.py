@@ -30,10 +30,10 @@ def test_floor_client_computes_fedgmis_updates_and_counts_the_samples_it_trains(
     replies, floor = ways["fedgmi"](tasks), ways["floor"](tasks)
     assert throughput.max_update_diff(replies, [updates for _, updates in floor]) == 0.0
     for task, (trained, updates) in zip(tasks, floor):
-        assert any(u is not None for u in updates) and trained >= len(scenario.clients[task.client_id].x_train) * strategy.local_epochs
+        assert any(u is not None for u in updates) and trained >= len(scenario.clients[task.client_id].x_train) * strategy.training.local_epochs
     # the naive way trains every component on every sample: K passes of the data per epoch
     n = sum(len(scenario.clients[t.client_id].x_train) for t in tasks)
-    assert ways["naive_tensor_data"](tasks) == 3 * n * strategy.local_epochs
+    assert ways["naive_tensor_data"](tasks) == 3 * n * strategy.training.local_epochs
 
 
 def test_image_dataset_gives_back_the_float_images():

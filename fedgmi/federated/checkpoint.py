@@ -23,7 +23,7 @@ import torch
 
 from fedgmi.errors import ConfigError
 
-CHECKPOINT_FORMAT = "fedgmi-checkpoint-v1"
+CHECKPOINT_FORMAT = "fedgmi-checkpoint-v2"  # v2: the channel's state under "channel"
 
 
 def save_checkpoint(fabric: lightning.Fabric, path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -112,10 +112,15 @@ class ClientWorker:
         fabric: The run's Fabric (device, precision, autocast, backward).
         module: The module whose parameters the (P,) vectors fill.
         training: The local-training settings.
+
+    Attributes:
+        optimizer_steps: Optimizer steps taken so far (all clients and components).
+        samples_trained: Sample passes trained so far (kept samples x local epochs).
     """
 
     def __init__(self, fabric: lightning.Fabric, module: torch.nn.Module, training: LocalTraining) -> None:
         self.fabric, self.training = fabric, training
+        self.optimizer_steps = self.samples_trained = 0
         if fabric.world_size == 1:
             wrapped, self.optimizer = fabric.setup(module, training.optimizer(module.parameters()))
             self.module = wrapped.module
@@ -171,14 +176,17 @@ class ClientWorker:
 
         Returns:
             ``(new_theta, mean_terms)``: the (P,) trained vector and the last epoch's (T,)
-            float64 mean of the reported loss terms per kept sample (nats), on the CPU.
+            float64 mean of the reported loss terms per kept sample (nats), on the CPU; when
+            no sample reaches the weight floor, ``theta`` itself and zeros.
 
         Raises:
             NonFiniteLossError: an epoch's loss is NaN or Inf (checked once per epoch).
         """
+        keep = weights >= self.training.weight_floor
+        if not bool(keep.any()):  # nothing to train on: the model is returned as received
+            return theta.detach().clone(), torch.zeros(1, dtype=torch.float64)
         module = self.load(theta)
         self.optimizer.state.clear()  # fresh local optimizer state per client and component
-        keep = weights >= self.training.weight_floor
         xk, yk, wk = x[keep], y[keep], weights[keep]  # (m, D), (m,), (m,)
         norm = wk.mean()  # loss = mean_i w_i l_i / mean(w): unbiased weighted mean
         total = torch.zeros((), device=xk.device)
@@ -192,6 +200,8 @@ class ClientWorker:
                 self.fabric.backward(objective)
                 self.optimizer.step()
                 total = total + reported.detach() * len(idx)
+                self.optimizer_steps += 1
+            self.samples_trained += len(xk)
             if not torch.isfinite(total).all():
                 raise NonFiniteLossError(f"{what}, local epoch {epoch}: loss is not finite "
                                          f"({', '.join(f'{v:.4g}' for v in total.reshape(-1).tolist())})")

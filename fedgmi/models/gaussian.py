@@ -51,12 +51,22 @@ def moments_to_gaussian(mean: torch.Tensor, second_moment: torch.Tensor,
                         reg: float) -> torch.Tensor:
     """Covariance Sigma = E[f f^T] - mu mu^T + reg * I from the moment parameters.
 
+    Moments averaged from lossy (quantised, partly sent) client updates can make
+    E[f f^T] - mu mu^T indefinite; only then its eigenvalues are clamped at 0 before the ridge
+    (the nearest positive semi-definite matrix in Frobenius norm, Higham 1988), so that the
+    result is always positive definite and exact moments are left untouched.
+
     Args:
-        mean: (d,) E[f]; second_moment: (d, d) E[f f^T]; reg: ridge added to the diagonal.
+        mean: (d,) E[f]; second_moment: (d, d) E[f f^T]; reg: ridge (> 0) added to the diagonal.
 
     Returns:
-        (d, d) symmetric covariance.
+        (d, d) symmetric positive-definite covariance.
     """
     cov = second_moment - torch.outer(mean, mean)
     cov = 0.5 * (cov + cov.T)
-    return cov + reg * torch.eye(len(mean), device=mean.device, dtype=cov.dtype)
+    eye = torch.eye(len(mean), device=mean.device, dtype=cov.dtype)
+    if torch.linalg.cholesky_ex((cov + reg * eye).double()).info.item() != 0:
+        values, vectors = torch.linalg.eigh(cov.double())
+        cov = (vectors * values.clamp_min(0)) @ vectors.T
+        cov = (0.5 * (cov + cov.T)).to(eye.dtype)
+    return cov + reg * eye

@@ -84,3 +84,18 @@ def test_worker_outputs_stack_every_vector_and_a_nan_loss_is_named():
     with pytest.raises(NonFiniteLossError, match="component 2, local epoch 0"):
         worker.train(bad, torch.ones(4, 2), torch.zeros(4, dtype=torch.long), torch.ones(4),
                      torch.Generator().manual_seed(0), ce_loss, "component 2")
+
+
+def test_no_sample_above_the_floor_returns_the_model_untrained():
+    worker = make_worker(weight_floor=0.5)
+    theta = torch.arange(6, dtype=torch.float32)
+    new, loss = worker.train(theta, torch.ones(3, 2), torch.zeros(3, dtype=torch.long), torch.full((3,), 1e-30),
+                             torch.Generator().manual_seed(0), ce_loss)
+    assert torch.equal(new, theta) and float(loss.sum()) == 0.0 and worker.optimizer_steps == 0
+
+
+def test_worker_counts_steps_and_sample_passes():
+    worker = make_worker(local_epochs=2, batch_size=4)
+    worker.train(torch.zeros(6), torch.ones(10, 2), torch.zeros(10, dtype=torch.long), torch.ones(10),
+                 torch.Generator().manual_seed(0), ce_loss)
+    assert worker.optimizer_steps == 2 * 3 and worker.samples_trained == 2 * 10

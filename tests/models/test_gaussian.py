@@ -27,3 +27,13 @@ def test_moments_give_the_covariance_and_the_projection_is_seeded():
     assert not torch.equal(random_projection(10, 4, 3), random_projection(10, 4, 4))
     with pytest.raises(ConfigError):
         random_projection(10, 0, 0)
+
+
+def test_indefinite_moments_become_a_positive_definite_covariance():
+    mean = torch.zeros(3)
+    second = torch.diag(torch.tensor([1.0, -0.5, 2.0]))  # not a second moment: lossy averaging
+    cov = moments_to_gaussian(mean, second, 1e-3)
+    assert torch.linalg.cholesky_ex(cov).info.item() == 0
+    torch.testing.assert_close(cov, torch.diag(torch.tensor([1.0, 0.0, 2.0])) + 1e-3 * torch.eye(3))
+    exact = moments_to_gaussian(mean, torch.eye(3), 1e-3)  # a valid one is left exactly as it was
+    assert torch.equal(exact, torch.eye(3) + 1e-3 * torch.eye(3))
