@@ -4,7 +4,8 @@
         fedgengmm oracle --seeds 0 1 2 --extra="--federation.unseen_fraction 0.2"
 
 Algorithm ``name`` runs ``configs/pm_mnist_<name>.yaml`` (``fedgmi``: ``configs/pm_mnist.yaml``;
-``--config_prefix`` changes the stem), one ``fedgmi fit`` subprocess at a time with
+``--config_prefix`` changes the stem); ``name:rule`` runs it with the server rule
+``--algorithm.init_args.aggregation rule`` (row ``name (rule)``). One ``fedgmi fit`` subprocess at a time with
 OMP_NUM_THREADS=1, for every seed, varying ``--seed`` and ``--scenario.seed`` together (so each
 seed is a new scenario draw and a new training seed, the same for every algorithm). Each run's
 ``metrics.json`` is kept under ``--runs_dir/<prefix>-<name>-seed<s>``; a run whose metrics.json
@@ -32,6 +33,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("assignment_accuracy", "proportion_error_tv", "client_accuracy_mean", "client_accuracy_p10",
            "unseen_client_accuracy_mean", "bytes_up", "bytes_down", "wall_time_s")
+
+
+def split_variant(entry: str) -> tuple[str, str, list[str]]:
+    """``name`` or ``name:rule`` -> (row name, algorithm name, extra fit arguments)."""
+    name, _, rule = entry.partition(":")
+    if not rule:
+        return name, name, []
+    return f"{name} ({rule})", name, ["--algorithm.init_args.aggregation", rule]
 
 
 def config_path(prefix: str, name: str) -> Path:
@@ -104,17 +113,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/pm_mnist")
     args = parser.parse_args(argv)
     command = "python benchmarks/compare.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    configs = {name: config_path(args.config_prefix, name) for name in args.algorithms}
-    missing = [str(p) for p in configs.values() if not p.is_file()]
+    variants = {row: (config_path(args.config_prefix, name), extra)
+                for row, name, extra in map(split_variant, args.algorithms)}
+    missing = [str(p) for p, _ in variants.values() if not p.is_file()]
     if missing:
         parser.error(f"no config for: {', '.join(missing)}")
     started = time.perf_counter()
-    results: dict[str, list[dict]] = {name: [] for name in args.algorithms}
+    results: dict[str, list[dict]] = {row: [] for row in variants}
     run_times = []
     for seed in args.seeds:  # every algorithm for one seed, then the next seed
-        for name, config in configs.items():
-            out = ROOT / args.runs_dir / f"{args.config_prefix}-{name}-seed{seed}"
-            metrics, elapsed = run_one(config, seed, out, shlex.split(args.extra))
+        for name, (config, variant) in variants.items():
+            folder = name.replace(" (", "-").rstrip(")")
+            out = ROOT / args.runs_dir / f"{args.config_prefix}-{folder}-seed{seed}"
+            metrics, elapsed = run_one(config, seed, out, [*variant, *shlex.split(args.extra)])
             results[name].append(metrics)
             run_times.append(elapsed)
             print(f"done {name} seed {seed} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)

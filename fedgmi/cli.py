@@ -31,8 +31,8 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_instance
 from rich.console import Console
 
-from fedgmi import tracking
 import fedgmi.algorithms  # noqa: F401 - every algorithm, so that its class name selects it
+from fedgmi import tracking
 from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.data import ScenarioConfig, build_scenario
 from fedgmi.errors import ConfigError

@@ -40,3 +40,10 @@ def test_table_of_finished_runs_mean_std_and_na(tmp_path):
     rows = list(csv.DictReader((tmp_path / "table.csv").open()))
     assert [r["algorithm"] for r in rows] == ["fedgmi", "fedavg"]
     assert float(rows[0]["bytes_up_mean"]) == 1.5
+
+
+def test_a_variant_runs_the_algorithm_with_another_server_rule():
+    compare = load_compare()
+    assert compare.split_variant("fedem") == ("fedem", "fedem", [])
+    assert compare.split_variant("fedem:all_clients") == (
+        "fedem (all_clients)", "fedem", ["--algorithm.init_args.aggregation", "all_clients"])

@@ -55,7 +55,7 @@ def test_every_configured_algorithm_runs_two_rounds_through_the_loop(config, cha
     strategy.setup(spec, lightning.Fabric(accelerator="cpu", devices=1), seed=0)
     before = [t.clone() for t in strategy.global_state]
     rows = []
-    row, result = run_federation(
+    row, _ = run_federation(
         strategy, scenario, FederationConfig(rounds=2, client_fraction=1.0, eval_every=2),
         EvalConfig(num_samples=2, proportion_iters=5), seed=0, on_eval=lambda r, m, e: rows.append(m),
         state=LoopState(), progress=False, channel=CHANNELS[channel]())

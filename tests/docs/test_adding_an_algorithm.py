@@ -16,7 +16,7 @@ DOC = ROOT / "docs" / "adding_an_algorithm.md"
 
 @pytest.fixture
 def fedprox_module(tmp_path, monkeypatch):
-    code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL).group(1)
     assert len(code.splitlines()) < 50  # a complete peer in under 50 lines
     (tmp_path / "fedprox.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
