@@ -131,10 +131,6 @@ class ClassifierMixture(ParameterVectorStrategy):
         return self.average_deltas(replies)
 
     # ------------------------------------------------------------------ client side
-    def load_model(self, theta: torch.Tensor) -> torch.nn.Module:
-        """Copy the classifier part of a component vector into the client worker."""
-        return self.worker.load(theta[:self.head_size])
-
     @torch.no_grad()
     def component_outputs(self, x: torch.Tensor, estimator: str | None = None, num_samples: int | None = None,
                           generator: torch.Generator | None = None, state: Sequence[torch.Tensor] | None = None,

@@ -164,7 +164,7 @@ def _mixture_scores(strategy: Strategy, cat: dict[str, np.ndarray], est: np.ndar
     if strategy.models_mixture:
         return score_mixture(cat["z"], cat["assigned"], est, true_pi)
     k, nan = true_pi.shape[1], float("nan")
-    return MixtureScores(nan, nan, nan, nan, np.arange(k), np.full(len(true_pi), nan))
+    return MixtureScores(nan, nan, nan, nan, np.arange(k))
 
 
 def _nanmean(values: np.ndarray) -> float:

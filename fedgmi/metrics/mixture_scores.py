@@ -116,7 +116,6 @@ class MixtureScores:
     proportion_error_tv: float
     proportion_error_max: float
     mapping: np.ndarray  # (K,) learned -> true
-    per_client_tv: np.ndarray  # (C,)
 
 
 def score_mixture(
@@ -135,12 +134,11 @@ def score_mixture(
     """
     num_components = true_pi.shape[1]
     mapping = match_components(true_z, pred_z, num_components)
-    tv, tv_mean, tv_max = proportion_errors(estimated_pi, true_pi, mapping)
+    _, tv_mean, tv_max = proportion_errors(estimated_pi, true_pi, mapping)
     return MixtureScores(
         assignment_accuracy=assignment_accuracy(true_z, pred_z, mapping),
         nmi=normalized_mutual_info(true_z, pred_z),
         proportion_error_tv=tv_mean,
         proportion_error_max=tv_max,
         mapping=mapping,
-        per_client_tv=tv,
     )

@@ -14,7 +14,7 @@ def test_fedem_estep_equals_softmax_of_log_pi_minus_loss(make_peer, small_scenar
     pi = torch.tensor([0.6, 0.3, 0.1])
     task = strategy.configure_round(0, [1])[0]
     losses = torch.stack([
-        F.cross_entropy(strategy.load_model(theta)(client.x_train), client.y_train, reduction="none").detach()
+        F.cross_entropy(strategy.worker.load(theta[:strategy.head_size])(client.x_train), client.y_train, reduction="none").detach()
         for theta in task.global_state], dim=1)  # (n, K)
     expected = torch.softmax(pi.log() - losses, dim=1)
     q, new_pi = strategy.estep(task, client.x_train, client.y_train, pi)
