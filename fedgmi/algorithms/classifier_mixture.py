@@ -32,7 +32,14 @@ from fedgmi.federated.strategy import (
     ProblemSpec,
     check_aggregation,
 )
-from fedgmi.federated.worker import ClientWorker, LocalTraining, OptimizerFactory, initial_vectors
+from fedgmi.federated.worker import (
+    ClientWorker,
+    LocalTraining,
+    LocalUpdate,
+    OptimizerFactory,
+    carried_optimizer_state,
+    initial_vectors,
+)
 from fedgmi.models.heads import MLPClassifier, weighted_cross_entropy
 
 ClassifierFactory = Callable[[tuple[int, ...], int], torch.nn.Module]
@@ -60,6 +67,9 @@ class ClassifierMixture(ParameterVectorStrategy):
         batch_size: Local mini-batch size.
         weight_floor: Samples with r_ik below this are skipped when training component k
             (0 trains every component on every sample, as FedEM's official code).
+        optimizer_state: "fresh" (default) or "per_client" (each client keeps its optimizer
+            state per component between rounds, as the official codes of FedEM, FedSoft and
+            FedGMM do); see :class:`~fedgmi.federated.worker.LocalTraining`.
         aggregation: Server rule under partial participation, "sampled" (default) or
             "all_clients" (see :class:`~fedgmi.federated.strategy.ParameterVectorStrategy`).
 
@@ -74,8 +84,8 @@ class ClassifierMixture(ParameterVectorStrategy):
 
     def __init__(self, classifier: ClassifierFactory | None = None, optimizer: OptimizerFactory | None = None,
                  local_epochs: int = 5, batch_size: int = 64, weight_floor: float = 1e-3,
-                 aggregation: str = "sampled") -> None:
-        self.training = LocalTraining(local_epochs, batch_size, optimizer, weight_floor)
+                 aggregation: str = "sampled", optimizer_state: str = "fresh") -> None:
+        self.training = LocalTraining(local_epochs, batch_size, optimizer, weight_floor, optimizer_state)
         self.aggregation = check_aggregation("algorithm.init_args.aggregation", aggregation)
         self.classifier_factory = classifier or MLPClassifier
 
@@ -156,27 +166,34 @@ class ClassifierMixture(ParameterVectorStrategy):
         gen = torch.Generator(device).manual_seed(task.seed)
         x, y = data.x_train.to(device), data.y_train.to(device)  # (n, D), (n,)
         r, new_state = self.sample_weights(task, x, y, state)  # (n, K)
+        new_state = {**carried_optimizer_state(state), **new_state}
         mass = r.sum(0)  # (K,)
         updates, loss = [], 0.0
         for k, theta in enumerate(task.global_state):
             if mass[k] <= 0:
                 updates.append(None)
                 continue
-            head, ce = self.train_model(theta[:self.head_size], x, y, r[:, k], gen, what=f"component {k}")
-            updates.append(torch.cat([head - theta[:self.head_size], self.density_update(theta, x, r[:, k])]))
-            loss += ce * float(mass[k])
+            local = self.train_model(theta[:self.head_size], x, y, r[:, k], gen, state, f"optimizer.{k}",
+                                     what=f"component {k}")
+            updates.append(torch.cat([local.theta - theta[:self.head_size], self.density_update(theta, x, r[:, k])]))
+            new_state.update(local.optimizer_state)
+            loss += float(local.losses[0]) * float(mass[k])
         reply = task.reply(len(x), updates, self.aggregation_weights(r, len(x)),
                            {"cross_entropy": loss / max(float(mass.sum()), 1e-12)})
         return reply, new_state
 
     def train_model(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
-                    gen: torch.Generator, prox_center: torch.Tensor | None = None,
-                    prox_weight: float = 0.0, what: str = "model") -> tuple[torch.Tensor, float]:
+                    gen: torch.Generator, state: ClientState | None = None, key: str = "optimizer",
+                    prox_center: torch.Tensor | None = None, prox_weight: float = 0.0,
+                    what: str = "model") -> LocalUpdate:
         """Weighted cross-entropy training from the (P,) head ``theta`` on (n, D) ``x``, (n,)
         ``y`` with (n,) weights ``w`` (the shared worker's loop), plus
         ``prox_weight``/2 ||theta - prox_center||^2 (FedSoft's proximal term, Ruan and Joe-Wong
-        2022, eq. 6). Returns the new (P,) head and the last epoch's mean weighted
-        cross-entropy in nats.
+        2022, eq. 6). ``state``/``key``: where the client keeps a "per_client" optimizer state.
+
+        Returns:
+            The worker's :class:`~fedgmi.federated.worker.LocalUpdate`: the new (P,) head, the
+            last epoch's mean weighted cross-entropy in nats, the optimizer state to keep.
         """
         def loss(model, xb, yb, wb, norm, _gen) -> tuple[torch.Tensor, torch.Tensor]:
             ce = weighted_cross_entropy(model(xb), yb, wb, norm)
@@ -185,5 +202,4 @@ class ClassifierMixture(ParameterVectorStrategy):
                 objective = ce + 0.5 * prox_weight * (parameters_to_vector(model.parameters()) - prox_center).pow(2).sum()
             return objective, ce.detach()
 
-        new_theta, mean = self.worker.train(theta, x, y, w, gen, loss, what)
-        return new_theta, float(mean[0])
+        return self.worker.train(theta, x, y, w, gen, loss, what, state, key)

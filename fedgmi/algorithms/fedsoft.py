@@ -159,11 +159,11 @@ class FedSoft(ClassifierMixture):
         _, class_lp = self.component_outputs(x, state=task.global_state)
         u = importance_weights(label_log_likelihood(class_lp, y), self.sigma)  # (K,)
         start = self.start_point(task.global_state, u)
-        w, ce = self.train_model(start, x, y, torch.ones(len(x), device=device), gen,
+        local = self.train_model(start, x, y, torch.ones(len(x), device=device), gen, state,
                                  prox_center=start, prox_weight=self.proximal_weight)
-        reply = task.reply(len(x), (w - start,), [float(len(x))], {"cross_entropy": ce},
+        reply = task.reply(len(x), (local.theta - start,), [float(len(x))], {"cross_entropy": float(local.losses[0])},
                            statistics={"importances": u.float().cpu()})
-        return reply, {"pi": u}
+        return reply, {**local.optimizer_state, "pi": u}
 
     @staticmethod
     def start_point(centres: Sequence[torch.Tensor], u: torch.Tensor) -> torch.Tensor:

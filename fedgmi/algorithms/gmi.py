@@ -41,6 +41,7 @@ from fedgmi.federated.worker import (
     ClientWorker,
     LocalTraining,
     OptimizerFactory,
+    carried_optimizer_state,
     copy_into_parameters,
     initial_vectors,
 )
@@ -103,6 +104,8 @@ class FedGMI(ParameterVectorStrategy):
         aggregation: Server rule under partial participation, "sampled" (default: the
             DESIGN's step 5, weights w_ck normalised over the sampled clients) or
             "all_clients" (see :class:`~fedgmi.federated.strategy.ParameterVectorStrategy`).
+        optimizer_state: "fresh" (default) or "per_client" (each client keeps its optimizer
+            state per component between rounds; see :class:`~fedgmi.federated.worker.LocalTraining`).
 
     Raises:
         ConfigError: an out-of-range value or unknown option name (one line).
@@ -130,6 +133,7 @@ class FedGMI(ParameterVectorStrategy):
         topic_clusters: int = 60,
         topic_restarts: int = 20,
         aggregation: str = "sampled",
+        optimizer_state: str = "fresh",
     ) -> None:
         check_rule(responsibility, temperature)
         for name, value, allowed in [("init", init, INITS), ("estep", estep, ESTEPS),
@@ -144,7 +148,7 @@ class FedGMI(ParameterVectorStrategy):
         check_number("algorithm.init_args.label_weight", label_weight, 0)
         check_number("algorithm.init_args.head_min_responsibility", head_min_responsibility, 0, 1, high_open=True)
         check_number("algorithm.init_args.min_mass", min_mass, 0)
-        self.training = LocalTraining(local_epochs, batch_size, optimizer, weight_floor)
+        self.training = LocalTraining(local_epochs, batch_size, optimizer, weight_floor, optimizer_state)
         self.aggregation = check_aggregation("algorithm.init_args.aggregation", aggregation)
         self.component_factory = component or partial(ComponentVAE, hidden_dims=(200,), latent_dim=10)
         self.classifier_factory = classifier or MLPClassifier
@@ -267,18 +271,20 @@ class FedGMI(ParameterVectorStrategy):
             rule, temperature = self.responsibility, self.temperature
         pi, r = estimate_proportions(log_lik, state.get("pi"), self.proportion_iters, rule, temperature)
         weights = r.sum(0)  # (K,) aggregation weights w_ck = sum_i r_ik
+        new_state = {**carried_optimizer_state(state), "pi": pi}
         updates, losses = [], torch.zeros(2, dtype=torch.float64)
         for k, theta in enumerate(task.global_state):
             if weights[k] < self.min_mass:
                 updates.append(None)
                 continue
-            new_theta, loss = self.worker.train(theta, x, y, r[:, k], gen, self._loss, f"component {k}")
-            updates.append(new_theta - theta)
-            losses += loss * float(weights[k])
+            local = self.worker.train(theta, x, y, r[:, k], gen, self._loss, f"component {k}", state, f"optimizer.{k}")
+            updates.append(local.theta - theta)
+            new_state.update(local.optimizer_state)
+            losses += local.losses * float(weights[k])
         losses /= max(float(weights.sum()), 1e-12)
         reply = task.reply(len(x), updates, weights,
                            {"neg_elbo": float(losses[0]), "cross_entropy": float(losses[1])})
-        return reply, {"pi": pi}
+        return reply, new_state
 
     def _loss(self, component: MixtureComponent, x, y, w, norm, gen) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch of the M-step: the weighted negative ELBO plus the head's weighted

@@ -39,8 +39,10 @@ class Local(FedAvg):
         device = self.fabric.device
         gen = torch.Generator(device).manual_seed(task.seed)
         x, y = data.x_train.to(device), data.y_train.to(device)
-        theta, ce = self.train_model(state.get("theta", self._global[0]), x, y, torch.ones(len(x), device=device), gen)
-        return task.reply(len(x), (), (), {"cross_entropy": ce}), {"theta": theta}
+        local = self.train_model(state.get("theta", self._global[0]), x, y, torch.ones(len(x), device=device), gen,
+                                 state)
+        return (task.reply(len(x), (), (), {"cross_entropy": float(local.losses[0])}),
+                {**local.optimizer_state, "theta": local.theta})
 
     def aggregate(self, round_idx: int, replies: Sequence[ClientReply]) -> dict[str, float]:
         """Nothing to aggregate; the round's mean training cross-entropy."""

@@ -14,26 +14,33 @@ McMahan et al. 2017, Algorithm 1): samples with training weight r_ik below ``wei
 skipped; for ``local_epochs`` epochs, a seeded permutation is cut into batches of
 ``batch_size``, and each batch's loss is sum_i r_i l_i / (B * mean_i r_i) over the client's
 kept samples (an unbiased estimate of the r-weighted mean loss; paper: silent, here: this
-normalisation). The optimizer starts from a fresh state for every client and component.
+normalisation). The optimizer starts from a fresh state for every client and component
+(``optimizer_state="fresh"``), or from the state that client's last update of that component
+left (``"per_client"``, as the official codes of FedEM, FedSoft and FedGMM do; the state then
+lives in the client's state: 2P floats per component for Adam).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import lightning
 import torch
 from torch.nn.utils import parameters_to_vector
 
 from fedgmi.errors import ConfigError
-from fedgmi.validation import check_int, check_number
+from fedgmi.validation import check_choice, check_int, check_number
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 #: ``loss(module, x, y, weights, norm, generator) -> (objective, reported)``: the scalar to
 #: minimise and the (T,) loss terms to report (nats), on one batch.
 LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+#: How the local optimizer starts each client update (see the module docstring).
+OPTIMIZER_STATES = ("fresh", "per_client")
 
 
 class NonFiniteLossError(ArithmeticError):
@@ -54,6 +61,9 @@ class LocalTraining:
         batch_size: Local mini-batch size.
         optimizer: Builds the local optimizer from parameters (``None``: Adam, lr 1e-3, fused).
         weight_floor: Samples with training weight below this are skipped, in [0, 1).
+        optimizer_state: "fresh" (a new optimizer state for every client update) or
+            "per_client" (each client keeps its optimizer's state per component between
+            rounds, in its client state).
 
     Raises:
         ConfigError: a value out of range, or an optimizer that refuses its hyperparameters
@@ -64,8 +74,10 @@ class LocalTraining:
     batch_size: int = 64
     optimizer: OptimizerFactory | None = None
     weight_floor: float = 1e-3
+    optimizer_state: str = "fresh"
 
     def __post_init__(self) -> None:
+        check_choice("algorithm.init_args.optimizer_state", self.optimizer_state, OPTIMIZER_STATES)
         check_int("algorithm.init_args.local_epochs", self.local_epochs, 1)
         check_int("algorithm.init_args.batch_size", self.batch_size, 1)
         check_number("algorithm.init_args.weight_floor", self.weight_floor, 0, 1, high_open=True)
@@ -103,6 +115,24 @@ def initial_vectors(build: Callable[[], torch.nn.Module], count: int, seed: int)
         torch.manual_seed(seed * 1000 + k)  # component k's own initial weights
         vectors.append(parameters_to_vector(build().parameters()).detach())
     return vectors
+
+
+def carried_optimizer_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The "per_client" optimizer states in a client's state (keys ``optimizer...``), to carry
+    over for the components the client does not train this round."""
+    return {k: v for k, v in state.items() if k.startswith("optimizer")}
+
+
+class LocalUpdate(NamedTuple):
+    """What :meth:`ClientWorker.train` returns."""
+
+    theta: torch.Tensor
+    """(P,) the trained parameters."""
+    losses: torch.Tensor
+    """(T,) float64 last-epoch mean of the reported loss terms per kept sample (nats), CPU."""
+    optimizer_state: dict[str, torch.Tensor]
+    """The optimizer's state after training, flattened under the given prefix (empty unless
+    ``optimizer_state="per_client"``): keep it in the client's state."""
 
 
 class ClientWorker:
@@ -164,7 +194,8 @@ class ClientWorker:
         return torch.stack(per_vector, dim=1)
 
     def train(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
-              generator: torch.Generator, loss: LossFn, what: str = "model") -> tuple[torch.Tensor, torch.Tensor]:
+              generator: torch.Generator, loss: LossFn, what: str = "model",
+              client_state: Mapping[str, torch.Tensor] | None = None, key: str = "optimizer") -> LocalUpdate:
         """Weighted local training from ``theta`` (see the module docstring).
 
         Args:
@@ -173,20 +204,25 @@ class ClientWorker:
             generator: The client's seeded generator (batch order, and whatever ``loss`` draws).
             loss: The batch loss (see :data:`LossFn`).
             what: Names the trained model in the error message (e.g. "component 2").
+            client_state: The client's state, where a "per_client" optimizer state is kept
+                under ``key`` (e.g. "optimizer.2" for component 2).
 
         Returns:
-            ``(new_theta, mean_terms)``: the (P,) trained vector and the last epoch's (T,)
-            float64 mean of the reported loss terms per kept sample (nats), on the CPU; when
-            no sample reaches the weight floor, ``theta`` itself and zeros.
+            A :class:`LocalUpdate`; when no sample reaches the weight floor, ``theta`` itself,
+            zeros, and the optimizer state as it was.
 
         Raises:
             NonFiniteLossError: an epoch's loss is NaN or Inf (checked once per epoch).
         """
         keep = weights >= self.training.weight_floor
+        per_client = self.training.optimizer_state == "per_client"
         if not bool(keep.any()):  # nothing to train on: the model is returned as received
-            return theta.detach().clone(), torch.zeros(1, dtype=torch.float64)
+            kept = {k: v for k, v in (client_state or {}).items() if per_client and k.startswith(f"{key}.")}
+            return LocalUpdate(theta.detach().clone(), torch.zeros(1, dtype=torch.float64), kept)
         module = self.load(theta)
         self.optimizer.state.clear()  # fresh local optimizer state per client and component
+        if per_client:
+            self._load_optimizer_state(client_state or {}, key)
         xk, yk, wk = x[keep], y[keep], weights[keep]  # (m, D), (m,), (m,)
         norm = wk.mean()  # loss = mean_i w_i l_i / mean(w): unbiased weighted mean
         total = torch.zeros((), device=xk.device)
@@ -205,4 +241,37 @@ class ClientWorker:
             if not torch.isfinite(total).all():
                 raise NonFiniteLossError(f"{what}, local epoch {epoch}: loss is not finite "
                                          f"({', '.join(f'{v:.4g}' for v in total.reshape(-1).tolist())})")
-        return self.vector(), total.double().cpu().reshape(-1) / max(len(xk), 1)
+        saved = self._optimizer_state(key) if per_client else {}
+        return LocalUpdate(self.vector(), total.double().cpu().reshape(-1) / max(len(xk), 1), saved)
+
+    def _optimizer_state(self, key: str) -> dict[str, torch.Tensor]:
+        """The optimizer's per-parameter state flattened: ``{key.name: (P,) or (#params,)}``
+        (tensors of a parameter's shape are concatenated; scalars such as Adam's step stacked)."""
+        params = list(self.module.parameters())
+        states = [self.optimizer.state.get(p, {}) for p in params]
+        out = {}
+        for name in sorted(set().union(*states)):
+            values = [s.get(name) for s in states]
+            if all(isinstance(v, torch.Tensor) and v.shape == p.shape for v, p in zip(values, params)):
+                out[f"{key}.{name}"] = torch.cat([v.detach().reshape(-1) for v in values])
+            elif all(v is not None for v in values):
+                out[f"{key}.{name}"] = torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(()) for v in values])
+        return out
+
+    def _load_optimizer_state(self, saved: Mapping[str, torch.Tensor], key: str) -> None:
+        """Restore what :meth:`_optimizer_state` returned (nothing saved: a fresh state)."""
+        params = list(self.module.parameters())
+        sizes = [p.numel() for p in params]
+        defaults = self.optimizer.defaults
+        scalars_on_device = bool(defaults.get("fused") or defaults.get("capturable"))  # torch's Adam rule
+        for full, flat in saved.items():
+            if not full.startswith(f"{key}."):
+                continue
+            name = full[len(key) + 1:]
+            if flat.numel() == sum(sizes):  # per-parameter tensors, concatenated
+                values = [(part.reshape(p.shape), p.device) for p, part in zip(params, flat.split(sizes))]
+            else:  # one scalar per parameter (e.g. Adam's step)
+                values = [(part.reshape(()), p.device if scalars_on_device else "cpu")
+                          for p, part in zip(params, flat.unbind())]
+            for p, (value, device) in zip(params, values):
+                self.optimizer.state[p][name] = value.to(device).clone()

@@ -64,3 +64,19 @@ def test_bad_options_are_one_line_config_errors(kw):
     with pytest.raises(ConfigError) as err:
         FedAvg(**kw)
     assert "\n" not in str(err.value) and str(next(iter(kw.values()))) in str(err.value)
+
+
+def test_per_client_optimizer_state_is_kept_in_the_client_state_and_checkpointed(make_peer, small_scenario):
+    from fedgmi.algorithms.fedem import FedEM
+
+    strategy = make_peer(FedEM, local_epochs=1, optimizer_state="per_client")
+    task = strategy.configure_round(0, [1])[0]
+    run_client(strategy, task, small_scenario.clients[1])
+    state = strategy.client_state[1]
+    assert {f"optimizer.{k}.exp_avg" for k in range(3)} <= set(state) and "pi" in state
+    restored = make_peer(FedEM, local_epochs=1, optimizer_state="per_client")
+    restored.load_state_dict(strategy.state_dict())
+    assert torch.equal(restored.client_state[1]["optimizer.2.exp_avg_sq"], state["optimizer.2.exp_avg_sq"])
+    fresh = make_peer(FedEM, local_epochs=1)
+    run_client(fresh, fresh.configure_round(0, [1])[0], small_scenario.clients[1])
+    assert set(fresh.client_state[1]) == {"pi"}

@@ -1,10 +1,14 @@
 """FedSoft: importances by hand; lambda = 0 with one cluster is FedAvg; one model goes up."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from fedgmi.algorithms.fedavg import FedAvg
 from fedgmi.algorithms.fedsoft import FedSoft, importance_weights
+from fedgmi.cli import main
 from tests.helpers import run_client
 
 
@@ -70,3 +74,14 @@ def test_fedsoft_server_records_survive_a_checkpoint(make_peer, small_scenario):
         assert torch.equal(restored.importances[c], u)
     assert [t.client_id for t in restored.configure_round(1, list(range(6)))] == \
         [t.client_id for t in strategy.configure_round(1, list(range(6)))]
+
+
+def test_fedsoft_config_runs_end_to_end_from_the_command_line(mnist_data_dir, tmp_path, monkeypatch):
+    """The user's command that crashed in round 0 (one update against K weights)."""
+    monkeypatch.setenv("FEDGMI_DATA_DIR", str(mnist_data_dir))
+    config = Path(__file__).resolve().parents[2] / "configs" / "pm_mnist_fedsoft.yaml"
+    out = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--federation.rounds", "2", "--scenario.num_clients", "6",
+                 "--algorithm.init_args.local_epochs", "1", "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rounds"] == 2 and metrics["rounds_skipped"] == 0 and metrics["bytes_up_rounds"] > 0

@@ -7,6 +7,7 @@ import torch
 
 from fedgmi.errors import ConfigError
 from fedgmi.federated.evaluation import EvalConfig
+from fedgmi.federated.messages import ContractError
 from fedgmi.federated.server import (
     FederationConfig,
     LoopState,
@@ -112,3 +113,18 @@ def test_min_clients_above_the_clients_per_round_is_refused_before_the_run():
     assert FederationConfig(client_fraction=0.5).clients_per_round(20) == 10
     with pytest.raises(ConfigError, match="min_clients = 6 exceeds the 4 clients sampled per round"):
         cfg.clients_per_round(10)
+
+
+def test_a_malformed_reply_stops_the_round_with_the_contract_error(scenario):
+    strategy = make_fedgmi(scenario, local_epochs=1)
+    original = strategy.client_update
+
+    def one_weight_too_few(task, data, client_state):
+        reply, new_state = original(task, data, client_state)
+        return task.reply(reply.num_examples, reply.updates, reply.aggregation_weights[:-1]), new_state
+
+    strategy.client_update = one_weight_too_few
+    cfg = FederationConfig(rounds=1, client_fraction=1.0)
+    with pytest.raises(ContractError, match="FedGMI: ClientReply.updates has 3 entries but aggregation_weights "
+                                            "has shape \\(2,\\)"):
+        run_round(strategy, scenario, cfg, 0, 0, list(range(len(scenario.clients))), LoopState(), print)

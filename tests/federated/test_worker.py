@@ -69,8 +69,8 @@ def test_worker_module_is_raw_and_training_skips_samples_under_the_floor():
     w_all = torch.ones(12)
     w_half = torch.cat([torch.ones(6), torch.full((6,), 0.1)])  # the last 6 fall under the floor
     kept_only = make_worker(local_epochs=3, weight_floor=0.5)
-    a, _ = worker.train(theta, x, y, w_half, torch.Generator().manual_seed(1), ce_loss)
-    b, _ = kept_only.train(theta, x[:6], y[:6], w_all[:6], torch.Generator().manual_seed(1), ce_loss)
+    a, _, _ = worker.train(theta, x, y, w_half, torch.Generator().manual_seed(1), ce_loss)
+    b, _, _ = kept_only.train(theta, x[:6], y[:6], w_all[:6], torch.Generator().manual_seed(1), ce_loss)
     assert torch.equal(a, b) and not torch.equal(a, theta) and torch.equal(theta, torch.zeros(6))
 
 
@@ -89,7 +89,7 @@ def test_worker_outputs_stack_every_vector_and_a_nan_loss_is_named():
 def test_no_sample_above_the_floor_returns_the_model_untrained():
     worker = make_worker(weight_floor=0.5)
     theta = torch.arange(6, dtype=torch.float32)
-    new, loss = worker.train(theta, torch.ones(3, 2), torch.zeros(3, dtype=torch.long), torch.full((3,), 1e-30),
+    new, loss, _ = worker.train(theta, torch.ones(3, 2), torch.zeros(3, dtype=torch.long), torch.full((3,), 1e-30),
                              torch.Generator().manual_seed(0), ce_loss)
     assert torch.equal(new, theta) and float(loss.sum()) == 0.0 and worker.optimizer_steps == 0
 
@@ -99,3 +99,20 @@ def test_worker_counts_steps_and_sample_passes():
     worker.train(torch.zeros(6), torch.ones(10, 2), torch.zeros(10, dtype=torch.long), torch.ones(10),
                  torch.Generator().manual_seed(0), ce_loss)
     assert worker.optimizer_steps == 2 * 3 and worker.samples_trained == 2 * 10
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_per_client_optimizer_state_continues_where_the_client_left_it(fused):
+    worker = make_worker(local_epochs=1, batch_size=4, optimizer_state="per_client",
+                         optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-2, fused=fused))
+    x, y, w = torch.randn(8, 2, generator=torch.Generator().manual_seed(3)), torch.zeros(8, dtype=torch.long), torch.ones(8)
+    first = worker.train(torch.zeros(6), x, y, w, torch.Generator().manual_seed(0), ce_loss, client_state={}, key="optimizer.1")
+    assert sorted(first.optimizer_state) == ["optimizer.1.exp_avg", "optimizer.1.exp_avg_sq", "optimizer.1.step"]
+    assert first.optimizer_state["optimizer.1.exp_avg"].shape == (6,)
+    assert first.optimizer_state["optimizer.1.step"].tolist() == [2.0, 2.0]  # 2 steps, 2 parameters
+    second = worker.train(first.theta, x, y, w, torch.Generator().manual_seed(0), ce_loss,
+                          client_state=first.optimizer_state, key="optimizer.1")
+    assert second.optimizer_state["optimizer.1.step"].tolist() == [4.0, 4.0]
+    fresh = make_worker(local_epochs=1, batch_size=4, optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-2, fused=fused))
+    restarted = fresh.train(first.theta, x, y, w, torch.Generator().manual_seed(0), ce_loss)
+    assert restarted.optimizer_state == {} and not torch.equal(restarted.theta, second.theta)
