@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import rich
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
@@ -240,7 +241,9 @@ def fit_on_grid(grid: Grid, settings: RunSettings, console: Console | None = Non
     from fedgmi.federated.checkpoint import save_round_checkpoint, set_rng_states
     from fedgmi.federated.server import run_federation
 
-    console = console or Console()
+    if not Console().is_terminal:  # a log (Flower's log stream, a file): one line per message, unwrapped
+        rich.reconfigure(soft_wrap=True)
+    console = console or Console(soft_wrap=True)
     parser = build_parser()
     cfg = parser.parse_args(settings.fit_args(server=True))
     p = prepare(parser, cfg)
