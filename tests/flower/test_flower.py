@@ -141,3 +141,19 @@ def test_node_killed_mid_round(federation: Loopback, tmp_path: Path) -> None:
                    "--federation.rounds", "3")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["rounds"] == 3
+
+
+@pytest.mark.slow  # Ray's start-up alone takes tens of seconds
+def test_simulation_engine_equals_in_process_run(tmp_path: Path) -> None:
+    """2 rounds on Flower's simulation engine (one virtual SuperNode per client) end with the
+    in-process run's global state."""
+    overrides = f"{SMALL} --federation.rounds 2"
+    sim = subprocess.run([sys.executable, "-m", "fedgmi.flower", "simulate", "--config", "configs/pm_digits.yaml",
+                          "--overrides", f"{overrides} --output_dir {tmp_path / 'sim'}"], env=_env(), cwd=REPO,
+                         timeout=400, capture_output=True, text=True, check=False)
+    assert sim.returncode == 0 and (tmp_path / "sim" / "metrics.json").is_file(), (sim.stdout + sim.stderr)[-3000:]
+    done = _fit("--config", "configs/pm_digits.yaml", *overrides.split(), "--output_dir", str(tmp_path / "local"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True) for d in ("sim", "local"))
+    diff = max(float((x - y).abs().max()) for x, y in zip(a["strategy"]["global_state"], b["strategy"]["global_state"]))
+    assert diff <= 1e-6
