@@ -179,34 +179,35 @@ def _exchange(strategy: Strategy, tasks, replies, errors, diverged) -> tuple[lis
     return every, sum(part[1] for part in parts), message, bool(every)
 
 
-def run_round(strategy: Strategy, scenario, federation: FederationConfig, seed: int, rnd: int,
-              train_ids: list[int], state: LoopState, warn: Callable[[str], None],
-              channel: Channel | None = None) -> dict[str, float]:
-    """One round: sample, drop out, downlink, local updates (this rank's share of the clients),
-    exchange across ranks, uplink through the channel (encode, count, decode: run on every rank
-    in client-id order, so codec state stays identical), screening, aggregation; updates
-    ``state``.
+def configure_tasks(strategy: Strategy, federation: FederationConfig, seed: int, rnd: int,
+                    train_ids: list[int], channel: Channel) -> tuple[list, list[int]]:
+    """The server's first step of a round: sample (seeded by (seed, round)), drop out (seeded),
+    configure the strategy's tasks and pass them through the channel's downlink.
 
     Returns:
-        The round's bytes (``bytes_up_round``, ``bytes_down_round``) and the strategy's round
-        metrics (none of those when the round was skipped).
-
-    Raises:
-        TrainingDiverged: a client's loss became NaN/Inf (on every rank).
-        Exception: a client's error, when every client of the round raised (a bug, not a flaky
-            client).
+        (the tasks as clients receive them, in client-id order; ids of the dropped clients).
     """
     sampled = sample_clients(train_ids, federation.client_fraction, seed, rnd)
     ids, dropped = drop_clients(sampled, federation.dropout_probability, seed, rnd)
-    channel = channel or Channel()
-    tasks = channel.downlink(strategy.configure_round(rnd, ids))
-    mine = my_slice(strategy.fabric, tasks)
-    local, errors, diverged = _client_replies(strategy, scenario, mine, warn)
-    replies, failed, diverged, succeeded = _exchange(strategy, mine, local, errors, diverged)
-    if diverged:
-        raise TrainingDiverged(diverged)
-    if tasks and not succeeded:
-        raise errors[0] if errors else RuntimeError(f"round {rnd}: every client failed on the other ranks")
+    return channel.downlink(strategy.configure_round(rnd, ids)), dropped
+
+
+def conclude_round(strategy: Strategy, federation: FederationConfig, rnd: int, tasks, replies,
+                   failed: int, dropped: list[int], state: LoopState, warn: Callable[[str], None],
+                   channel: Channel) -> dict[str, float]:
+    """The server's last step of a round, on the replies that came back (sorted by client id,
+    from this process, other ranks or other machines): uplink through the channel, byte
+    counts, screening, the ``min_clients`` rule and aggregation; updates ``state``.
+
+    Args:
+        tasks: The round's tasks (from :func:`configure_tasks`).
+        replies: The clients' :class:`~fedgmi.federated.messages.ClientReply`, before the uplink.
+        failed: Sampled clients whose update raised or never replied.
+        dropped: Clients dropped out by :func:`drop_clients`.
+
+    Returns:
+        As :func:`run_round`.
+    """
     task_of = {t.client_id: t for t in tasks}
     replies = [channel.uplink(task_of[r.client_id], r) for r in replies]
     sent = {"bytes_up_round": sum(r.bytes_up for r in replies), "bytes_down_round": sum(t.bytes_down for t in tasks)}
@@ -225,6 +226,40 @@ def run_round(strategy: Strategy, scenario, federation: FederationConfig, seed: 
     return {**sent, **strategy.aggregate(rnd, screening.accepted)}
 
 
+def run_round(strategy: Strategy, scenario, federation: FederationConfig, seed: int, rnd: int,
+              train_ids: list[int], state: LoopState, warn: Callable[[str], None],
+              channel: Channel | None = None) -> dict[str, float]:
+    """One round: sample, drop out, downlink, local updates (this rank's share of the clients),
+    exchange across ranks, uplink through the channel (encode, count, decode: run on every rank
+    in client-id order, so codec state stays identical), screening, aggregation; updates
+    ``state``. (:func:`configure_tasks`, the local updates, :func:`conclude_round`; another
+    transport, e.g. :mod:`fedgmi.flower`, calls the two server steps around its own.)
+
+    Returns:
+        The round's bytes (``bytes_up_round``, ``bytes_down_round``) and the strategy's round
+        metrics (none of those when the round was skipped).
+
+    Raises:
+        TrainingDiverged: a client's loss became NaN/Inf (on every rank).
+        Exception: a client's error, when every client of the round raised (a bug, not a flaky
+            client).
+    """
+    channel = channel or Channel()
+    tasks, dropped = configure_tasks(strategy, federation, seed, rnd, train_ids, channel)
+    mine = my_slice(strategy.fabric, tasks)
+    local, errors, diverged = _client_replies(strategy, scenario, mine, warn)
+    replies, failed, diverged, succeeded = _exchange(strategy, mine, local, errors, diverged)
+    if diverged:
+        raise TrainingDiverged(diverged)
+    if tasks and not succeeded:
+        raise errors[0] if errors else RuntimeError(f"round {rnd}: every client failed on the other ranks")
+    return conclude_round(strategy, federation, rnd, tasks, replies, failed, dropped, state, warn, channel)
+
+
+#: What runs one round (:func:`run_round` in process; :mod:`fedgmi.flower` over the network).
+RoundRunner = Callable[..., dict[str, float]]
+
+
 def run_federation(
     strategy: Strategy,
     scenario,
@@ -237,6 +272,7 @@ def run_federation(
     stop_requested: Callable[[], bool] = lambda: False,
     progress: bool = True,
     channel: Channel | None = None,
+    round_runner: RoundRunner | None = None,
 ) -> tuple[dict[str, float], Evaluation | None]:
     """Run rounds ``state.next_round .. federation.rounds - 1``; evaluate and report on the way.
 
@@ -253,6 +289,9 @@ def run_federation(
             ``on_round_end(..., stopping=True)`` and raises :class:`StopRequested`.
         channel: Codecs, partial upload and byte budget between server and clients (default:
             float32 both ways, everything sent, no budget).
+        round_runner: Runs one round, with :func:`run_round`'s arguments and result (default
+            :func:`run_round`, the clients in this process; :mod:`fedgmi.flower` sends them
+            to Flower nodes).
 
     Returns:
         The last metrics row and evaluation (``({}, None)`` when no round was left to run).
@@ -281,7 +320,8 @@ def run_federation(
 
         task_id = bar.add_task("rounds", total=federation.rounds, completed=state.next_round, status="")
         for rnd in range(state.next_round, federation.rounds):
-            round_metrics = run_round(strategy, scenario, federation, seed, rnd, train_ids, state, warn, channel)
+            round_metrics = (round_runner or run_round)(strategy, scenario, federation, seed, rnd, train_ids, state,
+                                                        warn, channel)
             state.next_round, state.elapsed_s = rnd + 1, time.perf_counter() - started
             if (rnd + 1) % federation.eval_every == 0 or rnd + 1 == federation.rounds:
                 result = evaluate(strategy, scenario, evaluation, seed, unseen_ids)

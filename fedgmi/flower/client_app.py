@@ -1,0 +1,108 @@
+"""The Flower ``ClientApp``: ``strategy.client_update`` on the data a node holds.
+
+A node builds the scenario and the strategy from the run's fedgmi config
+(:func:`~fedgmi.flower.runtime.client_side`, once per process) and holds the clients its node
+config names (:func:`~fedgmi.flower.runtime.node_clients`). For each task message it runs the
+same client update as the in-process loop and keeps each client's state in its Flower context
+(``context.state``, record ``"fedgmi-client-<id>"``) between rounds, and there too the
+strategy state the server sent (record ``"strategy"``): under Flower's subprocess isolation every
+message runs in a fresh process.
+
+Message types: ``query.clients`` (reply: ConfigRecord ``"node"`` with ``"client-ids"``) and
+``train`` (the tasks of the node's sampled clients, see :mod:`fedgmi.flower.wire`; reply: each
+client's reply and new state, or a failure record: ``"failed"`` when the update raised,
+``"diverged"`` on a NaN/Inf loss).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedgmi.errors import ConfigError
+from fedgmi.federated.messages import ContractError
+from fedgmi.federated.worker import NonFiniteLossError
+from fedgmi.flower import wire
+from fedgmi.flower.runtime import ClientSide, RunSettings, client_side, node_clients
+
+
+def _side(context: Context, run_config: dict | None = None) -> ClientSide:
+    settings = RunSettings.from_run_config({**dict(context.run_config), **(run_config or {})})
+    return client_side(settings.config, settings.overrides)
+
+
+def clients(msg: Message, context: Context, run_config: dict | None = None) -> Message:
+    """Reply with the client ids this node holds (a bad node config: a one-line error)."""
+    side = _side(context, run_config)
+    try:
+        ids = node_clients(context.node_config, len(side.scenario.clients))
+    except ConfigError as err:
+        return Message(RecordDict({"node": ConfigRecord({"client-ids": [], "error": str(err)})}), reply_to=msg)
+    return Message(RecordDict({"node": ConfigRecord({"client-ids": ids})}), reply_to=msg)
+
+
+def _state_key(client_id: int) -> str:
+    return f"fedgmi-client-{client_id}"
+
+
+def train(msg: Message, context: Context, run_config: dict | None = None) -> Message:
+    """The local updates of the node's clients in the message, in client-id order: the tasks in,
+    each client's reply and new state (or a failure record) out."""
+    side = _side(context, run_config)
+    strategy, device = side.strategy, side.strategy.fabric.device
+    blob = wire.received_strategy(msg.content)
+    if blob is not None:  # kept in the node's context: under subprocess isolation each message
+        wire.add_strategy(context.state, blob)  # runs in a fresh process
+    elif wire.STRATEGY in context.state.array_records:
+        blob = wire.received_strategy(context.state)
+    if blob is not None:
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != side.strategy_hash:  # e.g. FedGMI's topic model, after initialisation
+            extra = wire.load_strategy_blob(blob)
+            strategy.load_state_dict({**extra, "global_state": list(strategy.global_state), "client_state": {}})
+            side.strategy_hash = digest
+    held = node_clients(context.node_config, len(side.scenario.clients))
+    out = RecordDict()
+    for cid in wire.task_ids(msg.content):
+        if cid not in held:
+            wire.add_failure(out, cid, "failed", f"node config: this node holds clients {held}, not client {cid}")
+            continue
+        task = wire.task_from(msg.content, cid, device)
+        state = wire.received_state(msg.content, cid, device)  # the server's copy wins: first contact, resume
+        if state is None and _state_key(cid) in context.state.array_records:
+            state = wire.tensors(context.state.array_records[_state_key(cid)], device)
+        state = state or {}
+        try:
+            reply, new_state = strategy.client_update(task, side.scenario.clients[cid], state)
+        except NonFiniteLossError as err:
+            wire.add_failure(out, cid, "diverged", str(err))
+            continue
+        except ContractError:
+            raise  # an algorithm's bug: Flower returns it as an error reply, the server raises it
+        except Exception as err:  # noqa: BLE001 - a failing client is left out of the round by the server
+            wire.add_failure(out, cid, "failed", f"{type(err).__name__}: {err}")
+            continue
+        context.state[_state_key(cid)] = wire.array_record(new_state)
+        wire.add_reply(out, reply, new_state, wire.state_digest(state))
+    return Message(out, reply_to=msg)
+
+
+def make_client_app(run_config: dict | None = None) -> ClientApp:
+    """A ClientApp whose run config is ``run_config`` over the Flower run's own (for
+    ``flwr.simulation.run_simulation``, which passes none)."""
+    client = ClientApp()
+
+    @client.query("clients")
+    def _clients(msg: Message, context: Context) -> Message:
+        return clients(msg, context, run_config)
+
+    @client.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return train(msg, context, run_config)
+
+    return client
+
+
+app = make_client_app()

@@ -1,0 +1,192 @@
+"""What the ServerApp and the ClientApp both build from a Flower run config: the fedgmi config
+(the same file and overrides as ``fedgmi fit``), and which clients a node holds.
+
+Run config keys (``[tool.flwr.app.config]`` of ``fedgmi/flower/app/pyproject.toml``, or
+``flwr run ... --run-config 'key=value ...'``):
+
+- ``config`` (str): the fedgmi YAML file, absolute, relative to the working directory, or
+  relative to the fedgmi checkout (e.g. ``configs/pm_digits.yaml``);
+- ``overrides`` (str): more ``fedgmi fit`` arguments, e.g. ``"--federation.rounds 3 --seed 1"``
+  (``--output_dir`` is read by the server only);
+- ``ckpt-path`` (str, server only): resume from this checkpoint, as ``fedgmi fit --ckpt_path``;
+- ``round-timeout`` (float, seconds): how long the server waits for a round's replies
+  (clients that do not reply by then are left out of the round, counted in clients_failed);
+- ``node-timeout`` (float, seconds): how long the server waits, before round 0, for nodes that
+  hold every training client.
+
+Node config keys (``flower-supernode --node-config``; the simulation engine sets the
+``partition-id``/``num-partitions`` pair itself):
+
+- ``client-ids`` (str): the fedgmi client ids whose data the node holds, e.g. ``"3"``,
+  ``"0,4,7"`` or ``"0-9"``;
+- else ``partition-id`` and ``num-partitions`` (int): the node holds the clients c with
+  c % num-partitions == partition-id.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import lightning
+
+from fedgmi.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+DEFAULTS: dict[str, Any] = {"config": "configs/pm_digits.yaml", "overrides": "", "ckpt-path": "",
+                            "round-timeout": 600.0, "node-timeout": 120.0}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The Flower run config, checked (see the module docstring).
+
+    Attributes:
+        config: Path of the fedgmi YAML file (resolved).
+        overrides: More ``fedgmi fit`` arguments, split.
+        ckpt_path: Checkpoint to resume from (server only), or ``""``.
+        round_timeout: Seconds the server waits for a round's replies (> 0).
+        node_timeout: Seconds the server waits for nodes holding every training client (> 0).
+    """
+
+    config: str
+    overrides: tuple[str, ...] = ()
+    ckpt_path: str = ""
+    round_timeout: float = 600.0
+    node_timeout: float = 120.0
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
+        """Read and check a Flower run config (missing keys take :data:`DEFAULTS`).
+
+        Raises:
+            ConfigError: an unknown key, a config file that does not exist, or a timeout <= 0
+                (one line naming the key, the value and what is allowed).
+        """
+        unknown = sorted(set(run_config) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f"flower run config: unknown key {unknown[0]!r}; allowed: {sorted(DEFAULTS)}")
+        values = {**DEFAULTS, **run_config}
+        for key in ("round-timeout", "node-timeout"):
+            if not isinstance(values[key], (int, float)) or values[key] <= 0:
+                raise ConfigError(f"flower run config: {key} = {values[key]!r} must be a number of seconds > 0")
+        return cls(resolve_config(str(values["config"])), tuple(shlex.split(str(values["overrides"]))),
+                   str(values["ckpt-path"]), float(values["round-timeout"]), float(values["node-timeout"]))
+
+    def fit_args(self, server: bool) -> list[str]:
+        """``fedgmi fit`` arguments; the client's have no checkpoint and no output folder."""
+        args = ["fit", "--config", self.config, *self.overrides]
+        if server:
+            return args + (["--ckpt_path", self.ckpt_path] if self.ckpt_path else [])
+        return _without(args, "--output_dir")
+
+
+def _without(args: list[str], flag: str) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
+def resolve_config(path: str) -> str:
+    """``path`` if it exists, else the same path under the fedgmi checkout.
+
+    Raises:
+        ConfigError: neither exists.
+    """
+    for candidate in (Path(path), REPO_ROOT / path):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise ConfigError(f"flower run config: config = {path!r} is not a file (relative to the working "
+                      f"directory or to {REPO_ROOT})")
+
+
+def parse_range(key: str, text: str, num_clients: int) -> list[int]:
+    """Client ids from ``"3"``, ``"0,4,7"`` or ``"0-9"`` (inclusive), sorted.
+
+    Raises:
+        ConfigError: malformed, or an id outside 0 .. num_clients - 1.
+    """
+    ids: set[int] = set()
+    try:
+        for part in str(text).replace(" ", "").split(","):
+            low, _, high = part.partition("-")
+            ids.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise ConfigError(f"node config: {key} = {text!r} is not a list of client ids such as '3', '0,4,7' "
+                          "or '0-9'") from None
+    bad = sorted(c for c in ids if not 0 <= c < num_clients)
+    if bad or not ids:
+        raise ConfigError(f"node config: {key} = {text!r} names client {bad[0] if bad else None}; "
+                          f"allowed: ids 0 .. {num_clients - 1}")
+    return sorted(ids)
+
+
+def node_clients(node_config: Mapping[str, Any], num_clients: int) -> list[int]:
+    """The client ids a node holds, from its node config (see the module docstring).
+
+    Raises:
+        ConfigError: neither ``client-ids`` nor ``partition-id``/``num-partitions``, or a bad value
+            (one line naming the key, the value and what is allowed).
+    """
+    if "client-ids" in node_config:
+        return parse_range("client-ids", node_config["client-ids"], num_clients)
+    if "partition-id" in node_config and "num-partitions" in node_config:
+        part, parts = node_config["partition-id"], node_config["num-partitions"]
+        if not isinstance(parts, int) or parts < 1:
+            raise ConfigError(f"node config: num-partitions = {parts!r} must be an integer >= 1")
+        if not isinstance(part, int) or not 0 <= part < parts:
+            raise ConfigError(f"node config: partition-id = {part!r} must be an integer in 0 .. {parts - 1}")
+        ids = list(range(part, num_clients, parts))
+        if not ids:
+            raise ConfigError(f"node config: partition-id = {part} holds no client of {num_clients}; "
+                              f"allowed: 0 .. {min(parts, num_clients) - 1}")
+        return ids
+    raise ConfigError(f"node config: {dict(node_config)!r} names no clients; give client-ids (e.g. '0,4,7') or "
+                      "partition-id and num-partitions")
+
+
+@dataclass
+class ClientSide:
+    """What a node builds from the run config: the strategy (set up as the server sets it up),
+    the scenario (every client's data; the node uses only its own clients') and the settings."""
+
+    strategy: Any
+    scenario: Any
+    seed: int
+    strategy_hash: str = ""
+
+
+@lru_cache(maxsize=4)
+def client_side(config: str, overrides: tuple[str, ...]) -> ClientSide:
+    """Build (once per process and run config) the client side of a run: parse and check the
+    fedgmi config as ``fedgmi fit`` does, build the scenario, set the strategy up on a
+    one-device Fabric (no loggers, no run folder).
+
+    Raises:
+        ConfigError: a bad config value (one line).
+    """
+    from fedgmi.cli import build_parser, instantiate
+    from fedgmi.federated.strategy import ProblemSpec
+
+    parser = build_parser()
+    cfg = parser.parse_args(RunSettings(config, overrides).fit_args(server=False))
+    objs, scenario, _ = instantiate(parser, cfg)
+    fabric = lightning.Fabric(accelerator=objs.fabric.accelerator, devices=1, precision=objs.fabric.precision)
+    seed = int(cfg.fit.seed)
+    lightning.seed_everything(seed, verbose=False)
+    train_ids, _ = objs.federation.split_clients(len(scenario.clients))
+    spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes, len(scenario.clients),
+                       train_examples=sum(len(scenario.clients[c].x_train) for c in train_ids))
+    objs.algorithm.setup(spec, fabric, seed)
+    return ClientSide(objs.algorithm, scenario, seed)

@@ -1,0 +1,310 @@
+"""The Flower ``ServerApp``: fedgmi's round loop with the clients on Flower nodes.
+
+Everything server-side is the in-process loop's own code: ``fedgmi fit``'s preparation (config
+checks, scenario, strategy, Fabric loggers, run folder, resume from ``ckpt-path``),
+:func:`~fedgmi.federated.server.run_federation` (initialisation stage, evaluation, progress,
+checkpoints through the same callbacks as the CLI) and, in each round,
+:func:`~fedgmi.federated.server.configure_tasks` (sampling, dropout, the channel's downlink) and
+:func:`~fedgmi.federated.server.conclude_round` (the channel's uplink and byte counts,
+screening, ``min_clients``, aggregation). Only the clients' part of a round runs elsewhere:
+:class:`FlowerRounds` sends each task to the node holding its client and waits up to
+``round-timeout`` seconds for the replies; a client whose node is gone, does not reply in time
+or fails is left out of the round and counted in ``clients_failed``, as a failing client is in
+process.
+
+What the server still does itself, over the scenario it builds from the config: the
+strategy's initialisation stage (FedGMI's topic model; its exchanges are counted by the
+strategy as in process, ``init_exchanges``, and its result goes to each node once, see
+:mod:`fedgmi.flower.wire`) and evaluation (it needs the ground truth). The rounds' traffic is
+Flower's.
+
+At the end ``<run>/flower.json`` holds both byte counts (fedgmi's and Flower's serialised
+messages) in total and per round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import rich
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
+
+from fedgmi.errors import ConfigError
+from fedgmi.federated.messages import ContractError
+from fedgmi.federated.server import LoopState, TrainingDiverged, conclude_round, configure_tasks
+from fedgmi.flower import wire
+from fedgmi.flower.runtime import RunSettings
+
+
+class FlowerRounds:
+    """Runs rounds with the clients' updates on Flower nodes (a ``round_runner`` of
+    :func:`~fedgmi.federated.server.run_federation`).
+
+    Args:
+        grid: The ServerApp's Flower grid.
+        settings: The run's :class:`~fedgmi.flower.runtime.RunSettings` (timeouts).
+        log: Where progress lines go (one line each).
+    """
+
+    def __init__(self, grid: Grid, settings: RunSettings, log: Callable[[str], None] = print) -> None:
+        self.grid, self.settings, self.log = grid, settings, log
+        self.holder: dict[int, int] = {}  # client id -> node id
+        self.queried: set[int] = set()  # nodes asked which clients they hold
+        self.state_sent: set[tuple[int, int]] = set()  # (node, client): the node holds that client's state
+        self.strategy_sent: dict[int, str] = {}  # node -> hash of the strategy state it holds
+        self.counts = {"fedgmi_bytes_down": 0, "fedgmi_bytes_up": 0, "flower_bytes_down": 0, "flower_bytes_up": 0,
+                       "flower_payload_bytes_down": 0, "flower_payload_bytes_up": 0,
+                       "flower_state_bytes_down": 0, "flower_state_bytes_up": 0, "flower_strategy_bytes_down": 0,
+                       "flower_query_bytes": 0, "messages_down": 0, "messages_up": 0}
+        self.per_round: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ nodes
+    def _query(self, nodes: list[int], timeout: float) -> None:
+        """Ask ``nodes`` which clients they hold; record the answers."""
+        messages = [Message(RecordDict(), dst_node_id=n, message_type="query.clients") for n in nodes]
+        for reply in self.grid.send_and_receive(messages, timeout=timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self.log(f"fedgmi.flower: node {node} did not say which clients it holds: {reply.error.reason}")
+                continue
+            self.counts["flower_query_bytes"] += wire.message_bytes(reply)
+            record = reply.content.config_records["node"]
+            if record.get("error"):
+                raise ConfigError(f"node {node}: {record['error']}")
+            self.queried.add(node)
+            for cid in record["client-ids"]:
+                if int(cid) in self.holder and self.holder[int(cid)] != node:
+                    self.log(f"fedgmi.flower: client {cid} is held by nodes {self.holder[int(cid)]} and {node}; "
+                             f"using node {node}")
+                self.holder[int(cid)] = node
+
+    def refresh(self, timeout: float = 30.0) -> set[int]:
+        """Forget nodes that left, ask new ones which clients they hold; returns the live nodes."""
+        live = set(self.grid.get_node_ids())
+        for cid, node in list(self.holder.items()):
+            if node not in live:
+                del self.holder[cid]
+        self.queried &= live
+        new = sorted(live - self.queried)
+        if new:
+            self._query(new, timeout)
+        return live
+
+    def discover(self, client_ids: list[int]) -> None:
+        """Wait up to ``node-timeout`` seconds for nodes that hold every client of ``client_ids``.
+
+        Raises:
+            ConfigError: some clients are held by no node by then (names them).
+        """
+        deadline = time.monotonic() + self.settings.node_timeout
+        while True:
+            self.refresh(timeout=max(1.0, min(30.0, deadline - time.monotonic())))
+            missing = sorted(set(client_ids) - set(self.holder))
+            if not missing:
+                nodes = sorted(set(self.holder.values()))
+                self.log(f"fedgmi.flower: {len(nodes)} nodes hold the {len(client_ids)} training clients")
+                return
+            if time.monotonic() > deadline:
+                raise ConfigError(f"no Flower node holds clients {missing} after node-timeout = "
+                                  f"{self.settings.node_timeout} s; start SuperNodes with --node-config "
+                                  "\"client-ids='...'\"")
+            time.sleep(0.5)
+
+    # ------------------------------------------------------------------ rounds
+    def __call__(self, strategy, scenario, federation, seed: int, rnd: int, train_ids: list[int],
+                 state: LoopState, warn: Callable[[str], None], channel) -> dict[str, float]:
+        """One round: the server's steps in process, the clients' on their nodes (same arguments
+        and result as :func:`~fedgmi.federated.server.run_round`).
+
+        Raises:
+            TrainingDiverged: a client reported a NaN/Inf loss.
+            ContractError: a client's update broke the contract (an algorithm's bug).
+            RuntimeError: every client that replied reported a failure.
+        """
+        tasks, dropped = configure_tasks(strategy, federation, seed, rnd, train_ids, channel)
+        self.refresh()
+        extra = {k: v for k, v in strategy.state_dict().items() if k not in ("global_state", "client_state")}
+        blob = wire.strategy_blob(extra) if extra else None
+        digest = hashlib.sha256(blob).hexdigest() if blob is not None else ""
+        counts = dict.fromkeys(("flower_bytes_down", "flower_bytes_up", "flower_state_bytes_down",
+                                "flower_strategy_bytes_down"), 0)
+        by_node: dict[int, list] = {}
+        failed = 0
+        for task in tasks:
+            node = self.holder.get(task.client_id)
+            if node is None:
+                warn(f"round {rnd}: client {task.client_id} is held by no connected node; left out")
+                failed += 1
+                continue
+            by_node.setdefault(node, []).append(task)
+        messages: dict[int, Message] = {}
+        for node, node_tasks in by_node.items():
+            content = RecordDict()
+            for task in node_tasks:
+                known = (node, task.client_id) in self.state_sent
+                wire.add_task(content, task, None if known else strategy.client_state.get(task.client_id, {}))
+            if blob is not None and self.strategy_sent.get(node) != digest:
+                wire.add_strategy(content, blob)
+                self.strategy_sent[node] = digest  # forgotten again if the node never replies
+            messages[node] = Message(content, dst_node_id=node, message_type="train", group_id=str(rnd))
+            counts["flower_bytes_down"] += wire.message_bytes(messages[node])
+            counts["flower_state_bytes_down"] += wire.payload_bytes(content, (wire.CLIENT_STATE,))
+            counts["flower_strategy_bytes_down"] += wire.payload_bytes(content, (wire.STRATEGY,))
+            self.counts["flower_payload_bytes_down"] += wire.payload_bytes(content, (wire.GLOBAL,))
+        replies = list(self.grid.send_and_receive(list(messages.values()), timeout=self.settings.round_timeout))
+        node_of = {m.metadata.message_id: node for node, m in messages.items()}
+        answered: dict[int, Message] = {node_of[r.metadata.reply_to_message_id]: r for r in replies}
+        received, errors, diverged = [], [], None
+        for node, node_tasks in by_node.items():
+            reply = answered.get(node)
+            if reply is None:
+                for task in node_tasks:
+                    warn(f"round {rnd}: client {task.client_id} on node {node} did not reply within "
+                         f"round-timeout = {self.settings.round_timeout:g} s; left out")
+                    self.state_sent.discard((node, task.client_id))
+                self.strategy_sent.pop(node, None)
+                failed += len(node_tasks)
+                continue
+            counts["flower_bytes_up"] += wire.message_bytes(reply)
+            if reply.has_error():
+                if "ContractError" in reply.error.reason:
+                    raise ContractError(f"round {rnd}, node {node}: {reply.error.reason}")
+                for task in node_tasks:
+                    errors.append(f"client {task.client_id} (node {node}): {reply.error.reason}")
+                    warn(f"round {rnd}: client {task.client_id} failed on node {node} ({reply.error.reason}); "
+                         "left out")
+                self.strategy_sent.pop(node, None)
+                continue
+            self.counts["flower_payload_bytes_up"] += wire.payload_bytes(reply.content, (wire.UPDATES, wire.WEIGHTS))
+            for task in node_tasks:
+                cid = task.client_id
+                status, error, state_in = wire.reply_status(reply.content, cid)
+                if status == "diverged":
+                    diverged = diverged or f"round {rnd}, client {cid}: {error}"
+                    continue
+                if status != "ok":
+                    errors.append(f"client {cid} (node {node}): {error}")
+                    warn(f"round {rnd}: client {cid} failed on node {node} ({error}); left out")
+                    continue
+                if state_in != wire.state_digest(strategy.client_state.get(cid, {})):
+                    warn(f"round {rnd}: client {cid} on node {node} started from another state than the "
+                         "server's copy (a node restarted or lost its context?)")
+                client_reply, new_state = wire.reply_from(reply.content, task, strategy.fabric.device)
+                self.counts["flower_state_bytes_up"] += int(sum(t.numel() * t.element_size()
+                                                               for t in new_state.values()))
+                strategy.client_state[cid] = new_state
+                self.state_sent.add((node, cid))
+                received.append(client_reply)
+        failed += len(errors)
+        if diverged:
+            raise TrainingDiverged(diverged)
+        if by_node and errors and not received:
+            raise RuntimeError(f"round {rnd}: every client that replied failed; first: {errors[0]}")
+        received.sort(key=lambda r: r.client_id)
+        metrics = conclude_round(strategy, federation, rnd, tasks, received, failed, dropped, state, warn, channel)
+        for key in counts:
+            self.counts[key] += counts[key]
+        self.counts["messages_down"] += len(messages)
+        self.counts["messages_up"] += len(replies)
+        self.counts["fedgmi_bytes_down"] += int(metrics["bytes_down_round"])
+        self.counts["fedgmi_bytes_up"] += int(metrics["bytes_up_round"])
+        self.per_round.append({"round": rnd, "clients": len(tasks), "replies": len(received),
+                               "fedgmi_bytes_down": int(metrics["bytes_down_round"]),
+                               "fedgmi_bytes_up": int(metrics["bytes_up_round"]), **counts})
+        self.log(f"fedgmi.flower: round {rnd}: {len(received)}/{len(tasks)} replies; bytes down fedgmi "
+                 f"{metrics['bytes_down_round']} / Flower {counts['flower_bytes_down']}, up fedgmi "
+                 f"{metrics['bytes_up_round']} / Flower {counts['flower_bytes_up']}")
+        return metrics
+
+    def report(self) -> dict[str, Any]:
+        """Both byte counts over the rounds (see :mod:`fedgmi.flower.wire`), and per round."""
+        return {**self.counts, "rounds": self.per_round}
+
+
+def fit_on_grid(grid: Grid, settings: RunSettings, console: Console | None = None) -> dict:
+    """``fedgmi fit`` with the clients on the grid's nodes: the same preparation, loop,
+    checkpoints, evaluation and outputs as :func:`fedgmi.cli.fit`; returns the final metrics
+    (as metrics.json).
+
+    Raises:
+        ConfigError: a bad config value, or nodes missing for some clients (one line).
+        TrainingDiverged: a client's loss became NaN/Inf (outputs written so far are kept).
+    """
+    from fedgmi import tracking
+    from fedgmi.cli import build_parser, checkpoint_state, finish, prepare, write_evaluation
+    from fedgmi.federated.checkpoint import save_round_checkpoint, set_rng_states
+    from fedgmi.federated.server import run_federation
+
+    if not Console().is_terminal:  # a log (Flower's log stream, a file): one line per message, unwrapped
+        rich.reconfigure(soft_wrap=True)
+    console = console or Console(soft_wrap=True)
+    parser = build_parser()
+    cfg = parser.parse_args(settings.fit_args(server=True))
+    p = prepare(parser, cfg)
+    loop = LoopState()
+    if p.checkpoint is not None:
+        loop = LoopState(**p.checkpoint["loop"])
+        set_rng_states(p.checkpoint["rng"])
+        p.objs.channel.load_state_dict(p.checkpoint["channel"], p.fabric.device)
+        p.run.truncate_metrics(loop.next_round)
+        console.print(f"resuming {p.run.path} after round {loop.next_round}")
+    console.print(p.scenario.summary())
+    fed = p.objs.federation
+    train_ids, _ = fed.split_clients(len(p.scenario.clients))
+    rounds = FlowerRounds(grid, settings, lambda line: console.print(line, highlight=False))
+    rounds.discover(train_ids)
+    last: dict[str, Any] = {"row": {}}
+
+    def on_eval(rnd: int, row: dict, result) -> None:
+        last["row"] = row
+        p.run.append_metrics(row)
+        tracking.log_metrics(p.fabric, row)
+        write_evaluation(p, result, row)
+        console.print(f"fedgmi.flower: round {rnd}: assignment_accuracy {row['assignment_accuracy']:.4f} "
+                      f"proportion_error_tv {row['proportion_error_tv']:.4f} "
+                      f"client_accuracy_mean {row['client_accuracy_mean']:.4f}", highlight=False)
+
+    def on_round_end(rounds_done: int, state: LoopState, stopping: bool) -> None:
+        if stopping or rounds_done % fed.checkpoint_every == 0 or rounds_done == fed.rounds:
+            save_round_checkpoint(p.fabric, p.run.checkpoint_path.parent, rounds_done,
+                                  checkpoint_state(p, state), fed.keep_checkpoints)
+
+    try:
+        row, result = run_federation(p.strategy, p.scenario, fed, p.objs.evaluation, cfg.fit.seed, on_eval,
+                                     on_round_end, loop, progress=False, channel=p.objs.channel,
+                                     round_runner=rounds)
+    except TrainingDiverged as err:
+        p.run.write_metrics_json({**last["row"], "status": "diverged", "error": str(err)})
+        raise
+    finally:
+        (p.run.path / "flower.json").write_text(json.dumps(rounds.report(), indent=1))
+    if result is None:
+        raise ConfigError(f"nothing to do: the checkpoint is already at federation.rounds = {fed.rounds}")
+    final = finish(p, row, result, loop.elapsed_s, console)
+    c = rounds.counts
+    console.print(f"fedgmi.flower: bytes down fedgmi {c['fedgmi_bytes_down']} / Flower messages "
+                  f"{c['flower_bytes_down']}; up fedgmi {c['fedgmi_bytes_up']} / Flower messages "
+                  f"{c['flower_bytes_up']} (details: {p.run.path / 'flower.json'})", highlight=False)
+    return final
+
+
+def make_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
+    """A ServerApp whose run config is ``run_config`` over the Flower run's own (for
+    ``flwr.simulation.run_simulation``, which passes none)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        settings = RunSettings.from_run_config({**dict(context.run_config), **(run_config or {})})
+        fit_on_grid(grid, settings)
+
+    return server
+
+
+app = make_server_app()
