@@ -5,6 +5,11 @@ the ``wandb`` package) and TensorBoard are optional. Logged keys carry a prefix 
 ``train/`` (local training), ``eval/`` (evaluation), ``comm/`` (bytes), ``time/`` (seconds),
 ``fed/`` (failed and rejected clients, skipped rounds);
 ``metrics.csv`` and ``metrics.json`` in the run directory keep the bare keys.
+
+Resuming is seamless in every logger: the CSV logger writes each row to disk as it is logged
+(so a kill loses nothing) and, on resume, keeps the rows up to the checkpoint's round and
+appends after them (Fabric's own CSV writer deletes an existing file); W&B rows are logged with
+``step = round``, so a row that a resumed run logs again lands on the step it already has.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from typing import Any
 
 import lightning
 from lightning.fabric.loggers import CSVLogger, Logger
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 
 from fedgmi.errors import ConfigError
+from fedgmi.outputs import truncate_csv
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -77,6 +84,46 @@ def _netrc_has_wandb() -> bool:
         return False
 
 
+class _AppendingWriter(_ExperimentWriter):
+    """Fabric's CSV writer, except that an existing ``metrics.csv`` is continued (its header
+    kept) instead of deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                header = f.readline().strip()
+            self.metrics_keys = header.split(",") if header else []
+
+
+class RunCSVLogger(CSVLogger):
+    """``<run>/logs/metrics.csv``: every row is on disk once logged (a kill loses none), and a
+    resumed run appends to the rows kept by :func:`truncate_csv_log`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir, name="logs", version="", flush_logs_every_n_steps=1)
+
+    @property
+    def experiment(self) -> _ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        self.save()  # on disk now, whatever the step
+
+
+def csv_log_path(run_dir: Path) -> Path:
+    """Where :class:`RunCSVLogger` writes."""
+    return Path(run_dir) / "logs" / "metrics.csv"
+
+
+def truncate_csv_log(run_dir: Path, rounds_done: int) -> None:
+    """Resuming after ``rounds_done`` rounds: keep the logged rows of those rounds only."""
+    truncate_csv(csv_log_path(run_dir), "step", rounds_done)
+
+
 def build_loggers(config: LoggingConfig, run_dir: Path, run_name: str,
                   wandb_id: str | None = None) -> tuple[list[Logger], list[str]]:
     """The loggers for ``lightning.Fabric(loggers=...)`` and notes to print.
@@ -86,7 +133,7 @@ def build_loggers(config: LoggingConfig, run_dir: Path, run_name: str,
     Raises:
         ConfigError: TensorBoard asked for without the ``tensorboard`` package.
     """
-    loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version="")]
+    loggers: list[Logger] = [RunCSVLogger(run_dir)]
     notes: list[str] = []
     if config.tensorboard:
         try:
@@ -122,16 +169,36 @@ def log_hyperparams(fabric: lightning.Fabric, config: dict[str, Any]) -> None:
             logger.log_hyperparams(config)
 
 
+def _is_wandb(logger: Logger) -> bool:
+    return type(logger).__name__ == "WandbLogger"
+
+
 def log_metrics(fabric: lightning.Fabric, row: dict[str, Any]) -> None:
-    """Log one evaluation row (bare keys, with ``round``) under the prefixed keys, step = round."""
+    """Log one evaluation row (bare keys, with ``round``) under the prefixed keys, step = round.
+
+    W&B gets the round as its own step (``wandb.log(..., step=round)``, plus ``round`` as a
+    key), so that W&B drops or merges a row that a resumed run logs again, instead of
+    appending a duplicate."""
     metrics = {metric_key(k): float(v) for k, v in row.items() if k != "round" and isinstance(v, (int, float))}
-    fabric.log_dict(metrics, step=int(row["round"]))
-
-
-def finish(fabric: lightning.Fabric, images: dict[str, Path] | None = None) -> None:
-    """Send the run's plots to the loggers that take images, then flush and close them all."""
+    step = int(row["round"])
+    if not fabric.is_global_zero:
+        return
     for logger in fabric.loggers:
-        if images and hasattr(logger, "log_image"):
+        if _is_wandb(logger):
+            logger.experiment.log({**metrics, "round": step}, step=step)
+        else:
+            logger.log_metrics(metrics, step=step)
+
+
+def finish(fabric: lightning.Fabric, images: dict[str, Path] | None = None, step: int | None = None) -> None:
+    """Send the run's plots to the loggers that take images (at W&B step ``step``, the last
+    round), then flush and close them all."""
+    for logger in fabric.loggers:
+        if images and _is_wandb(logger) and fabric.is_global_zero:
+            import wandb
+            logger.experiment.log({f"plots/{key}": wandb.Image(str(path)) for key, path in images.items()},
+                                  step=step)
+        elif images and hasattr(logger, "log_image"):
             for key, path in images.items():
                 logger.log_image(key=f"plots/{key}", images=[str(path)])
         logger.finalize("success")
