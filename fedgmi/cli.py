@@ -406,6 +406,9 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, obje
     if checkpoint and checkpoint["loop"]["next_round"] > objs.federation.rounds:
         raise ConfigError(f"checkpoint {sub_cfg.ckpt_path!r} is at round {checkpoint['loop']['next_round']}, "
                           f"past federation.rounds = {objs.federation.rounds}")
+    if objs.scenario.seed is None:  # scenario.seed: null follows the run's seed
+        objs.scenario.seed = sub_cfg.seed
+        sub_cfg.scenario.seed = sub_cfg.seed
     scenario_cfg = objs.scenario
     if cfg.subcommand == "validate" and scenario_cfg.download:  # validate neither downloads nor creates
         scenario_cfg = copy.copy(scenario_cfg)
@@ -537,8 +540,7 @@ def finish(p: Prepared, row: dict, result, wall_time_s: float, console: Console)
              "component_accuracy_matched": result.component_accuracy_matched,
              "client_model_accuracy": dict(zip(names, result.client_model_accuracy))}
     p.run.write_metrics_json(final)
-    tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.seed),
-                    step=int(row.get("round", 0)))
+    tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.seed))
     print_summary(final, p.run.path, console, algorithm=type(p.strategy).__name__)
     print_component_table(result, names, console)
     return final

@@ -176,29 +176,25 @@ def _is_wandb(logger: Logger) -> bool:
 def log_metrics(fabric: lightning.Fabric, row: dict[str, Any]) -> None:
     """Log one evaluation row (bare keys, with ``round``) under the prefixed keys, step = round.
 
-    W&B gets the round as its own step (``wandb.log(..., step=round)``, plus ``round`` as a
-    key), so that W&B drops or merges a row that a resumed run logs again, instead of
-    appending a duplicate."""
+    W&B gets the round as its own step (``wandb.log(..., step=round, commit=True)``, plus
+    ``round`` as a key): the row is committed at once (a kill loses none), and a row that a
+    resumed run logs again lands on a step W&B already has (it keeps one row per step)
+    instead of being appended as a duplicate."""
     metrics = {metric_key(k): float(v) for k, v in row.items() if k != "round" and isinstance(v, (int, float))}
     step = int(row["round"])
     if not fabric.is_global_zero:
         return
     for logger in fabric.loggers:
         if _is_wandb(logger):
-            logger.experiment.log({**metrics, "round": step}, step=step)
+            logger.experiment.log({**metrics, "round": step}, step=step, commit=True)  # on disk now
         else:
             logger.log_metrics(metrics, step=step)
 
 
-def finish(fabric: lightning.Fabric, images: dict[str, Path] | None = None, step: int | None = None) -> None:
-    """Send the run's plots to the loggers that take images (at W&B step ``step``, the last
-    round), then flush and close them all."""
+def finish(fabric: lightning.Fabric, images: dict[str, Path] | None = None) -> None:
+    """Send the run's plots to the loggers that take images, then flush and close them all."""
     for logger in fabric.loggers:
-        if images and _is_wandb(logger) and fabric.is_global_zero:
-            import wandb
-            logger.experiment.log({f"plots/{key}": wandb.Image(str(path)) for key, path in images.items()},
-                                  step=step)
-        elif images and hasattr(logger, "log_image"):
+        if images and hasattr(logger, "log_image"):
             for key, path in images.items():
                 logger.log_image(key=f"plots/{key}", images=[str(path)])
         logger.finalize("success")
