@@ -571,6 +571,7 @@ def fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
         if p.fabric.is_global_zero:  # rows written after the checkpoint are written again
             p.run.truncate_metrics(loop.next_round)
             tracking.truncate_csv_log(p.run.path, loop.next_round)
+            tracking.replay_to_wandb(p.fabric, p.run.path / "metrics.csv")
         console.print(f"resuming {p.run.path} after round {loop.next_round}")
     if p.fabric.is_global_zero:
         console.print(p.scenario.summary())

@@ -191,6 +191,33 @@ def log_metrics(fabric: lightning.Fabric, row: dict[str, Any]) -> None:
             logger.log_metrics(metrics, step=step)
 
 
+def replay_to_wandb(fabric: lightning.Fabric, csv_path: Path) -> int:
+    """Resuming: log the rows of ``metrics.csv`` kept up to the checkpoint to W&B again, at
+    their rounds. W&B keeps one row per step, so rows it has stay as they are, and rows the
+    killed process had not yet written out (W&B's writer buffers; a SIGKILL loses what is
+    buffered) come back. Returns the number of rows replayed."""
+    loggers = [logger for logger in fabric.loggers if _is_wandb(logger)]
+    if not loggers or not fabric.is_global_zero or not Path(csv_path).is_file():
+        return 0
+    import csv
+
+    with Path(csv_path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for raw in rows:
+        row = {}
+        for key, value in raw.items():
+            try:
+                row[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        if "round" in row:
+            row["round"] = int(row["round"])
+            for logger in loggers:
+                metrics = {metric_key(k): v for k, v in row.items() if k != "round"}
+                logger.experiment.log({**metrics, "round": row["round"]}, step=row["round"], commit=True)
+    return len(rows)
+
+
 def finish(fabric: lightning.Fabric, images: dict[str, Path] | None = None) -> None:
     """Send the run's plots to the loggers that take images, then flush and close them all."""
     for logger in fabric.loggers:
