@@ -676,8 +676,9 @@ def stop_on_signals(console: Console, resume: str = "", checkpoint: Path | None 
     try:
         yield received
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        if not received:  # once stopping, a further signal still ends at once with one line
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 COMMANDS = {"fit": fit, "test": test, "validate": validate}

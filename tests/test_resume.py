@@ -86,7 +86,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_143_with_the_resume_command(tmp_p
 
 
 def test_a_second_sigint_stops_at_once_with_one_line_and_the_resume_command(tmp_path):
-    proc = start_fit(tmp_path / "run", "--federation.rounds", "40")
+    proc = start_fit(tmp_path / "run", "--federation.rounds", "40", "--algorithm.init_args.local_epochs", "30")
     wait_for(tmp_path / "run" / "checkpoints" / "round-0001.ckpt", proc)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
