@@ -36,7 +36,7 @@ from pathlib import Path
 import lightning
 import torch
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_instance
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace, lazy_instance
 from rich.console import Console
 
 import fedgmi
@@ -202,7 +202,7 @@ def _run_parser(description: str, ckpt_help: str | None, overwrite: bool = False
     if ckpt_help:
         parser.add_argument("--ckpt_path", type=str | None, default=None, help=ckpt_help)
     if overwrite:
-        parser.add_argument("--overwrite", type=bool, default=False,
+        parser.add_argument("--overwrite", action=ActionYesNo, default=False,
                             help="replace the run that --output_dir holds (its files are deleted first)")
     for key, cls in SECTIONS.items():  # communication: codecs, partial upload, byte budget
         parser.add_class_arguments(cls, key)
@@ -225,7 +225,7 @@ def build_parser() -> ArgumentParser:
     subcommands.add_subcommand("validate", _run_parser(
         "Check a config (every field, the data files, the checkpoint, the output folder) without "
         "running or writing anything.",
-        "a checkpoint to check too"))
+        "a checkpoint to check too", overwrite=True))
     return parser
 
 
