@@ -321,6 +321,9 @@ def _owner_of_error(err: BaseException) -> object | None:
     return found
 
 
+FIELD_PHRASES = {"data folder": "data_dir", "MNIST files": "data_dir", "cannot read MNIST": "data_dir"}
+
+
 def qualify(message: str, sub_cfg: Namespace, owner: object | None, section: str | None = None) -> str:
     """Name the full dotted key in a one-line error (``alpha = -1 ...`` -> ``scenario.alpha =
     -1 ...``) when the message names a bare field of the object that raised it (``owner``) or
@@ -340,6 +343,9 @@ def qualify(message: str, sub_cfg: Namespace, owner: object | None, section: str
                 break
     if prefix is None or message.startswith(prefix + "."):
         return message
+    for phrase, name in FIELD_PHRASES.items():  # messages about a field that do not name it
+        if phrase in message and name in names:
+            return f"{prefix}.{name}: {message}"
     for name in sorted(names, key=len, reverse=True):
         match = re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", message)
         if match is None:

@@ -3,9 +3,8 @@
 from pathlib import Path
 
 import pytest
-import yaml
-
 import torch
+import yaml
 
 from fedgmi.cli import ALGORITHMS, build_parser, instantiate, main
 from fedgmi.outputs import format_metric, print_summary

@@ -88,7 +88,7 @@ def test_bayes_optimises_assignment_and_grid_client_accuracy():
 def test_the_grid_covers_every_algorithm_with_its_own_config():
     sweep = _sweep("grid_algorithm_alpha_seed.yaml")
     configs = sweep["parameters"]["config"]["values"]
-    assert list(sweep["parameters"])[0] == "config"  # passed first: later flags override the file
+    assert next(iter(sweep["parameters"])) == "config"  # passed first: later flags override the file
     assert sorted(sweep["parameters"]) == list(sweep["parameters"])  # alphabetical = file order
     names = set()
     for config in configs:
