@@ -434,23 +434,34 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, obje
                        scenario_signature(scenario, sub_cfg.seed, objs.federation.unseen_fraction))
     spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes, len(scenario.clients))
     try:  # builds the components, heads and optimizer factories' inputs once, on the CPU
-        copy.deepcopy(objs.algorithm).setup(spec, lightning.Fabric(accelerator="cpu", devices=1), sub_cfg.seed)
+        copy.deepcopy(objs.algorithm).setup(spec, _cpu_fabric(), sub_cfg.seed)
     except (TypeError, ValueError) as err:
         raise _config_error(err, sub_cfg) from None
     warn_unread_fields(sub_cfg)
     return objs, scenario, checkpoint
 
 
+def _cpu_fabric() -> lightning.Fabric:
+    """A one-process CPU Fabric for the checks, also under ``fabric run`` (whose LT_* settings
+    would otherwise apply to it, and conflict)."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("LT_")}
+    try:
+        return lightning.Fabric(accelerator="cpu", devices=1)
+    finally:
+        os.environ.update(saved)
+
+
 def _check_output(subcommand: str, sub_cfg: Namespace) -> None:
     """The output folder can be created and written; ``fit`` refuses one that holds a run
-    (unless resuming it or ``--overwrite``). Creates nothing."""
+    (unless resuming it or ``--overwrite``; checked by rank 0 alone, since the other ranks of a
+    launch start while rank 0 writes the folder). Creates nothing."""
     ckpt_run = _run_dir_of(sub_cfg.get("ckpt_path"))
     if sub_cfg.output_dir:
         path = Path(sub_cfg.output_dir)
         check_writable_dir("output_dir", path)
         resuming_here = subcommand == "fit" and ckpt_run is not None and path.exists() and \
             _same_path(path, ckpt_run)
-        if subcommand != "validate" and not resuming_here and not sub_cfg.get("overwrite"):
+        if subcommand != "validate" and not resuming_here and not sub_cfg.get("overwrite") and _env_rank() == 0:
             from fedgmi.outputs import holds_run
             if holds_run(path):
                 claim_run_dir("output_dir", path, overwrite=False)  # raises the one-line refusal
