@@ -102,7 +102,7 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(changes=CHANGES, ckpt=st.sampled_from([None, MISSING, "garbage"]))
 def test_generated_configs_end_in_success_or_one_line_error(changes, ckpt):
     config = yaml.safe_load(yaml.safe_dump(BASE))
