@@ -59,7 +59,7 @@ def run_one(config: Path, seed: int, out: Path, extra: list[str]) -> tuple[dict,
     if not metrics.exists():
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, "-m", "fedgmi", "fit", "--config", str(config), "--seed", str(seed),
-               "--scenario.seed", str(seed), "--output_dir", str(out), *extra]
+               "--scenario.seed", str(seed), "--output_dir", str(out), "--overwrite", *extra]
         out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         with (out / "stdout.log").open("w") as log:

@@ -17,105 +17,187 @@ line naming the round and the client, keeping every output written so far.
 
 from __future__ import annotations
 
+import copy
+import importlib
+import inspect
+import itertools
+import math
 import os
+import re
 import signal
 import sys
 import threading
 import time
+import traceback
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 
 import lightning
+import torch
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_instance
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace, lazy_instance
 from rich.console import Console
 
-import fedgmi.algorithms  # noqa: F401 - every algorithm, so that its class name selects it
+import fedgmi
+import fedgmi.algorithms
 from fedgmi import tracking
 from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.data import ScenarioConfig, build_scenario
 from fedgmi.errors import ConfigError
 from fedgmi.federated.channel import Channel
 from fedgmi.federated.checkpoint import (
+    check_scenario,
     check_signature,
     load_checkpoint,
     rng_states,
     save_round_checkpoint,
+    scenario_signature,
     set_rng_states,
     strategy_signature,
 )
 from fedgmi.federated.evaluation import EvalConfig, evaluate
 from fedgmi.federated.server import (
+    EvalCallback,
     FederationConfig,
     LoopState,
+    RoundCallback,
     StopRequested,
     TrainingDiverged,
     run_federation,
 )
 from fedgmi.federated.strategy import ProblemSpec, Strategy
-from fedgmi.outputs import RunDirectory, default_output_dir, print_component_table, print_summary
+from fedgmi.outputs import (
+    RunDirectory,
+    check_writable_dir,
+    claim_run_dir,
+    create_unique_dir,
+    default_output_dir,
+    print_component_table,
+    print_summary,
+    timestamp,
+)
 from fedgmi.report import write_plots
 from fedgmi.tracking import LoggingConfig
 from fedgmi.validation import check_choice, check_int
 
+ALGORITHMS = ("FedGMI", "FedAvg", "Local", "IFCA", "FedSoft", "FedEM", "FedGMM", "FedGenGMM", "Oracle")
+"""Class names ``--algorithm`` takes (each a Strategy imported above)."""
+
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
+MAX_DEFAULT_THREADS = 4
+"""Torch threads per process when neither ``fabric.threads`` nor ``OMP_NUM_THREADS`` says: the
+models here are small, and more threads than that mostly spin (and starve parallel runs)."""
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 @dataclass
 class FabricConfig:
-    """Devices and precision, passed to ``lightning.Fabric``.
+    """Devices, precision and CPU threads, passed to ``lightning.Fabric``.
 
     Attributes:
-        accelerator: "cpu", "cuda", "gpu", "mps" or "auto".
+        accelerator: "cpu", "cuda", "gpu", "mps" or "auto"; it must be present on the machine.
         devices: Processes (devices) per node; with more than one in all, each rank simulates
             its share of every round's clients (:mod:`fedgmi.federated.distributed`), with
             Fabric's "ddp" strategy for the launch and the collectives (gloo on CPU).
         num_nodes: Nodes (launched by ``torchrun`` or ``fabric run``, see the README).
         precision: One of 32-true, bf16-mixed, 16-mixed, 64-true.
+        threads: Torch CPU threads per process (``torch.set_num_threads``). ``None``: the
+            environment's ``OMP_NUM_THREADS`` when set, else the cores available divided by
+            the processes per node, at most 4. Give 1 when several runs share a machine.
     """
 
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
     precision: str = "32-true"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("fabric.accelerator", self.accelerator, ACCELERATORS)
         check_choice("fabric.precision", self.precision, PRECISIONS)
         check_int("fabric.devices", self.devices, 1)
         check_int("fabric.num_nodes", self.num_nodes, 1)
+        if self.threads is not None:
+            check_int("fabric.threads", self.threads, 1)
+
+    def num_threads(self) -> int:
+        """The torch threads this process uses (see ``threads``)."""
+        if self.threads is not None:
+            return self.threads
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if env.isdigit() and int(env) >= 1:
+            return int(env)
+        return max(1, min(MAX_DEFAULT_THREADS, available_cpus() // self.devices))
+
+    def check_available(self) -> None:
+        """Raise ConfigError (one line) when the accelerator, the device count or the precision
+        cannot run here (builds a Fabric without launching anything)."""
+        from lightning.fabric.accelerators import CUDAAccelerator, MPSAccelerator
+
+        present = ["cpu"] + (["cuda"] if CUDAAccelerator.is_available() else []) + (
+            ["mps"] if MPSAccelerator.is_available() else [])
+        wanted = {"gpu": "cuda" if "cuda" in present else "mps"}.get(self.accelerator, self.accelerator)
+        if wanted not in ("auto", *present):
+            raise ConfigError(f"fabric.accelerator = {self.accelerator!r} is not available on this machine; "
+                              f"choose one of: auto, {', '.join(present)}")
+        if wanted == "cuda" and self.devices > CUDAAccelerator.auto_device_count():
+            raise ConfigError(f"fabric.devices = {self.devices} but this machine has "
+                              f"{CUDAAccelerator.auto_device_count()} CUDA device(s)")
+        try:
+            self._fabric(loggers=None)
+        except Exception as err:  # noqa: BLE001 - Fabric's own check of the combination
+            raise ConfigError(f"fabric = {asdict(self)} cannot run here: {_one_line(str(err))}") from None
+
+    def _fabric(self, loggers) -> lightning.Fabric:
+        several = self.devices * self.num_nodes > 1
+        return lightning.Fabric(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
+                                strategy="ddp" if several else "auto", precision=self.precision,
+                                loggers=loggers)
 
     def build(self, loggers) -> lightning.Fabric:
-        """The launched Fabric (several processes: strategy "ddp"). Under ``fabric run`` (which
-        sets LT_CLI_USED=1) the processes exist already and Fabric joins them itself."""
-        several = self.devices * self.num_nodes > 1
-        fabric = lightning.Fabric(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
-                                  strategy="ddp" if several else "auto", precision=self.precision,
-                                  loggers=loggers)
+        """The launched Fabric (several processes: strategy "ddp"), with this process's torch
+        threads set. Under ``fabric run`` (which sets LT_CLI_USED=1) the processes exist
+        already and Fabric joins them itself."""
+        fabric = self._fabric(loggers)
         if not int(os.environ.get("LT_CLI_USED", "0")):
             fabric.launch()
+        torch.set_num_threads(self.num_threads())
         return fabric
 
 
-def _run_parser(description: str, ckpt_help: str | None) -> ArgumentParser:
+SECTIONS = {"scenario": ScenarioConfig, "federation": FederationConfig, "evaluation": EvalConfig,
+            "fabric": FabricConfig, "channel": Channel, "logging": LoggingConfig}
+"""The config sections built from a class (dataclass or plain), by key."""
+
+SAVED_CONFIG_RESET = {"output_dir": None, "ckpt_path": None, "overwrite": False}
+"""Left out of a run's saved config.yaml: it runs again into a new folder, from scratch."""
+
+
+def _run_parser(description: str, ckpt_help: str | None, overwrite: bool = False) -> ArgumentParser:
     """Arguments shared by ``fit``, ``test`` and ``validate``; ``--ckpt_path`` when
-    ``ckpt_help`` is given."""
+    ``ckpt_help`` is given, ``--overwrite`` when asked."""
     parser = ArgumentParser(description=description, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the run (training and evaluation)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the run (training and evaluation), >= 0")
     parser.add_argument("--output_dir", type=str | None, default=None,
-                        help="run directory (default runs/<dataset>-<algorithm>-<time>; when resuming, "
-                             "the checkpoint's run directory)")
+                        help="run directory (default runs/<dataset>-<algorithm>-<time>, unique; when resuming, "
+                             "the checkpoint's run directory; for test, a new test-<time> folder in it)")
     if ckpt_help:
         parser.add_argument("--ckpt_path", type=str | None, default=None, help=ckpt_help)
-    parser.add_class_arguments(ScenarioConfig, "scenario")
-    parser.add_class_arguments(FederationConfig, "federation")
-    parser.add_class_arguments(EvalConfig, "evaluation")
-    parser.add_class_arguments(FabricConfig, "fabric")
-    parser.add_class_arguments(Channel, "channel")  # codecs, partial upload, byte budget
-    parser.add_class_arguments(LoggingConfig, "logging")
+    if overwrite:
+        parser.add_argument("--overwrite", action=ActionYesNo, default=False,
+                            help="replace the run that --output_dir holds (its files are deleted first)")
+    for key, cls in SECTIONS.items():  # channel: codecs, partial upload, byte budget
+        parser.add_class_arguments(cls, key)
     parser.add_subclass_arguments(Strategy, "algorithm", default=lazy_instance(FedGMI), required=False)
     return parser
 
@@ -124,16 +206,18 @@ def build_parser() -> ArgumentParser:
     """The ``fedgmi`` parser with its ``fit``, ``test`` and ``validate`` subcommands."""
     parser = ArgumentParser(prog="fedgmi", description="Federated learning under probabilistic mixtures.",
                             exit_on_error=False)
+    parser.add_argument("--version", action="version", version=f"fedgmi {fedgmi.__version__}")
     subcommands = parser.add_subcommands(dest="subcommand")
     subcommands.add_subcommand("fit", _run_parser(
         "Train and evaluate a federated mixture.",
-        "resume from this checkpoint (its run directory, round, client and random state)"))
+        "resume from this checkpoint (its run directory, round, client and random state)", overwrite=True))
     subcommands.add_subcommand("test", _run_parser(
-        "Evaluate a finished run's checkpoint (no training) and write its metric files.",
-        "checkpoint written by fit (required)"))
+        "Evaluate a finished run's checkpoint (no training) into a new test-<time> folder of the run.",
+        "checkpoint written by fit (required)", overwrite=True))
     subcommands.add_subcommand("validate", _run_parser(
-        "Check a config (every field, the data files, the checkpoint) without running anything.",
-        "a checkpoint to check too"))
+        "Check a config (every field, the data files, the checkpoint, the output folder) without "
+        "running or writing anything.",
+        "a checkpoint to check too", overwrite=True))
     return parser
 
 
@@ -150,42 +234,280 @@ class Prepared:
     checkpoint: dict | None
 
 
+# ---------------------------------------------------------------------------------------------
+# checks of every input before any work
+
+
+def _subclass_specs(cfg, prefix: str = ""):
+    """(dotted key, class_path, init_args) of every ``class_path``/``init_args`` block in cfg."""
+    if not isinstance(cfg, Namespace):
+        return
+    if isinstance(cfg.get("class_path"), str):
+        yield prefix, cfg.class_path, cfg.get("init_args") or Namespace()
+        cfg, prefix = cfg.get("init_args") or Namespace(), f"{prefix}.init_args"
+    for key, value in vars(cfg).items():
+        if isinstance(value, Namespace):
+            yield from _subclass_specs(value, f"{prefix}.{key}" if prefix else key)
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+OPTIMIZER_MESSAGES = {"learning rate": "lr", "epsilon": "eps", "beta": "betas", "weight_decay": "weight_decay",
+                      "momentum": "momentum", "nesterov": "nesterov", "dampening": "dampening"}
+
+
+def check_optimizers(sub_cfg: Namespace) -> None:
+    """Every optimizer in the config (a ``torch.optim.Optimizer`` class_path): its numeric
+    hyperparameters finite, and the optimizer constructible (torch's own range checks, e.g.
+    lr >= 0), tried on one dummy parameter. Raises ConfigError naming the full key."""
+    for key, class_path, init_args in _subclass_specs(sub_cfg):
+        cls = _import(class_path)
+        if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
+            continue
+        args = dict(vars(init_args))
+        for name, value in args.items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{key}.init_args.{name} = {value!r} must be finite")
+        if "lr" in args and isinstance(args["lr"], (int, float)) and args["lr"] <= 0:
+            raise ConfigError(f"{key}.init_args.lr = {args['lr']!r} must be a finite number > 0")
+        try:
+            cls([torch.zeros(1, requires_grad=True)], **args)
+        except (ValueError, TypeError, RuntimeError) as err:
+            message = _one_line(str(err))
+            name = next((n for word, n in OPTIMIZER_MESSAGES.items() if word in message.lower() and n in args),
+                        None)
+            where = f"{key}.init_args.{name} = {args[name]!r}" if name else f"{key} ({class_path})"
+            raise ConfigError(f"{where} is refused by {cls.__name__}: {message}") from None
+
+
+def warn_unread_fields(sub_cfg: Namespace) -> None:
+    """A component VAE's own ``lr`` serves only its standalone ``configure_optimizers``: in a
+    federated run local training uses the algorithm's ``optimizer``. Say so when it was set."""
+    for key, class_path, init_args in _subclass_specs(sub_cfg):
+        cls = _import(class_path)
+        if not key.endswith(".component") or "lr" not in init_args or cls is None:
+            continue
+        default = inspect.signature(cls).parameters.get("lr")
+        if default is not None and init_args.lr != default.default:
+            owner = key.rsplit(".init_args.", 1)[0]
+            print(f"fedgmi: warning: {key}.init_args.lr = {init_args.lr!r} is not used in a federated run "
+                  f"(it is {cls.__name__}'s standalone learning rate); set "
+                  f"{owner}.init_args.optimizer.init_args.lr instead", file=sys.stderr)
+
+
+def _owner_of_error(err: BaseException) -> object | None:
+    """The innermost ``self`` in the error's traceback that is a config object (a section or a
+    class named in the config), to tell which key a bare field name belongs to."""
+    found = None
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        owner = frame.f_locals.get("self")
+        if owner is not None and not isinstance(owner, (ArgumentParser, Namespace)):
+            found = owner
+    return found
+
+
+FIELD_PHRASES = {"data folder": "data_dir", "MNIST files": "data_dir", "cannot read MNIST": "data_dir"}
+
+
+def qualify(message: str, sub_cfg: Namespace, owner: object | None, section: str | None = None) -> str:
+    """Name the full dotted key in a one-line error (``alpha = -1 ...`` -> ``scenario.alpha =
+    -1 ...``) when the message names a bare field of the object that raised it (``owner``) or
+    of ``section``."""
+    prefix, names = None, []
+    if section is not None:
+        prefix, names = section, [f.name for f in fields(SECTIONS[section])] if is_dataclass(SECTIONS[section]) \
+            else list(inspect.signature(SECTIONS[section]).parameters)
+    elif owner is not None:
+        for key, cls in SECTIONS.items():
+            if isinstance(owner, cls):
+                return qualify(message, sub_cfg, None, key)
+        for key, class_path, init_args in _subclass_specs(sub_cfg):
+            cls = _import(class_path)
+            if cls is not None and type(owner) is cls:
+                prefix, names = f"{key}.init_args", list(vars(init_args))
+                break
+    if prefix is None or message.startswith(prefix + "."):
+        return message
+    for phrase, name in FIELD_PHRASES.items():  # messages about a field that do not name it
+        if phrase in message and name in names:
+            return f"{prefix}.{name}: {message}"
+    for name in sorted(names, key=len, reverse=True):
+        match = re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", message)
+        if match is None:
+            continue
+        if match.start() == 0:
+            return f"{prefix}.{message}"
+        return f"{prefix}.{name}: {message}"
+    return f"{prefix}: {message}"
+
+
+def _config_error(err: BaseException, sub_cfg: Namespace, section: str | None = None) -> ConfigError:
+    return ConfigError(qualify(_one_line(str(err)), sub_cfg, _owner_of_error(err), section))
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Refuse an empty config file, or one that is not a mapping of sections, naming it (what
+    jsonargparse says of those does not)."""
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else (
+            arg.split("=", 1)[1] if arg.startswith("--config=") else None)
+        if path is None or not Path(path).is_file():
+            continue
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {_one_line(str(err))}") from None
+        if content is None:
+            raise ConfigError(f"config file {path!r} is empty; give sections such as scenario:, federation:, "
+                              "algorithm: (see configs/)")
+        if not isinstance(content, dict):
+            raise ConfigError(f"config file {path!r} holds a {type(content).__name__}, not a mapping of sections "
+                              "(scenario:, federation:, ...)")
+
+
+def _run_dir_of(ckpt_path: str | None) -> Path | None:
+    """The run folder a checkpoint lies in (``<run>/checkpoints/x.ckpt``), if it does."""
+    if not ckpt_path:
+        return None
+    ckpt = Path(ckpt_path)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
 def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, object, dict | None]:
-    """Validate everything before any work: config objects, the scenario (data files) and the
-    checkpoint, if one is given. Raises ConfigError (one line) on the first bad input."""
+    """Validate everything before any work: config objects (every section, the algorithm and
+    its component, head and optimizer, built once on the CPU), the accelerator, the output
+    folder, the scenario (data files) and the checkpoint, if one is given, against the
+    scenario. Raises ConfigError (one line naming the full key) on the first bad input.
+    Writes nothing."""
     sub_parser = parser._subcommands_action._name_parser_map[cfg.subcommand]
     sub_cfg = cfg[cfg.subcommand]
+    check_int("seed", sub_cfg.seed, 0)
     try:
         objs = sub_parser.instantiate(sub_cfg)
     except (TypeError, ValueError) as err:  # a component's own check, e.g. a bad init_args value
-        raise ConfigError(_one_line(str(err))) from None
+        raise _config_error(err, sub_cfg) from None
+    check_optimizers(sub_cfg)
+    objs.fabric.check_available()
+    _check_output(cfg.subcommand, sub_cfg)
     checkpoint = load_checkpoint(sub_cfg.ckpt_path) if sub_cfg.get("ckpt_path") else None
     if checkpoint and checkpoint["loop"]["next_round"] > objs.federation.rounds:
         raise ConfigError(f"checkpoint {sub_cfg.ckpt_path!r} is at round {checkpoint['loop']['next_round']}, "
                           f"past federation.rounds = {objs.federation.rounds}")
-    scenario = build_scenario(objs.scenario)
+    if objs.scenario.seed is None:  # scenario.seed: null follows the run's seed
+        objs.scenario.seed = sub_cfg.seed
+        sub_cfg.scenario.seed = sub_cfg.seed
+    scenario_cfg = objs.scenario
+    if cfg.subcommand == "validate" and scenario_cfg.download:  # validate neither downloads nor creates
+        scenario_cfg = copy.copy(scenario_cfg)
+        scenario_cfg.download = False
+    try:
+        scenario = build_scenario(scenario_cfg)
+    except ConfigError as err:
+        if cfg.subcommand == "validate" and objs.scenario.download and "data folder" in str(err):
+            from fedgmi.data.datasets import resolve_data_dir
+            raise ConfigError(f"scenario.data_dir: no {objs.scenario.dataset} under {str(resolve_data_dir(objs.scenario.data_dir))!r} "
+                              "(validate neither downloads nor creates folders; fit downloads it there with "
+                              "scenario.download = true, or set FEDGMI_DATA_DIR to a folder holding MNIST/raw)") from None
+        raise _config_error(err, sub_cfg, "scenario") from None
     objs.federation.clients_per_round(len(scenario.clients))
+    if checkpoint is not None:
+        check_scenario(sub_cfg.ckpt_path, checkpoint.get("scenario"),
+                       scenario_signature(scenario, sub_cfg.seed, objs.federation.unseen_fraction))
+    spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes, len(scenario.clients))
+    try:  # builds the components, heads and optimizer factories' inputs once, on the CPU
+        copy.deepcopy(objs.algorithm).setup(spec, _cpu_fabric(), sub_cfg.seed)
+    except (TypeError, ValueError) as err:
+        raise _config_error(err, sub_cfg) from None
+    warn_unread_fields(sub_cfg)
     return objs, scenario, checkpoint
 
 
-def _run_path(sub_cfg: Namespace, objs: Namespace, suffix: str) -> Path:
-    """--output_dir; else the run directory of a checkpoint being resumed; else a new one."""
+def _cpu_fabric() -> lightning.Fabric:
+    """A one-process CPU Fabric for the checks, also under ``fabric run`` (whose LT_* settings
+    would otherwise apply to it, and conflict)."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("LT_")}
+    try:
+        return lightning.Fabric(accelerator="cpu", devices=1)
+    finally:
+        os.environ.update(saved)
+
+
+def _check_output(subcommand: str, sub_cfg: Namespace) -> None:
+    """The output folder can be created and written; ``fit`` refuses one that holds a run
+    (unless resuming it or ``--overwrite``; checked by rank 0 alone, since the other ranks of a
+    launch start while rank 0 writes the folder). Creates nothing."""
+    ckpt_run = _run_dir_of(sub_cfg.get("ckpt_path"))
     if sub_cfg.output_dir:
-        return Path(sub_cfg.output_dir)
-    ckpt = Path(sub_cfg.ckpt_path) if sub_cfg.get("ckpt_path") and not suffix else None
-    if ckpt is not None and ckpt.parent.name == "checkpoints":
-        return ckpt.parent.parent
-    return default_output_dir(f"{objs.scenario.dataset}-{type(objs.algorithm).__name__.lower()}{suffix}")
+        path = Path(sub_cfg.output_dir)
+        check_writable_dir("output_dir", path)
+        resuming_here = subcommand == "fit" and ckpt_run is not None and path.exists() and \
+            _same_path(path, ckpt_run)
+        if subcommand != "validate" and not resuming_here and not sub_cfg.get("overwrite") and _env_rank() == 0:
+            from fedgmi.outputs import holds_run
+            if holds_run(path):
+                claim_run_dir("output_dir", path, overwrite=False)  # raises the one-line refusal
+    elif subcommand == "test" and ckpt_run is not None:
+        check_writable_dir("output_dir", ckpt_run)
+    elif not (subcommand == "fit" and ckpt_run is not None):
+        check_writable_dir("output_dir", Path("runs"))
 
 
-def prepare(parser: ArgumentParser, cfg: Namespace, suffix: str = "") -> Prepared:
+def _env_rank() -> int:
+    """This process's global rank as the launchers announce it (0 before any launch)."""
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        value = os.environ.get(name, "0").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 0
+
+
+def _run_path(subcommand: str, sub_cfg: Namespace, objs: Namespace) -> Path:
+    """The run folder, created (atomically, rank 0 only): ``--output_dir`` (refused if it holds
+    another run, unless ``--overwrite``); else, resuming, the checkpoint's run folder; else, for
+    test, a new ``test-<time>`` folder in the checkpoint's run; else a new unique
+    ``runs/<dataset>-<algorithm>-<time>``."""
+    create = _env_rank() == 0
+    ckpt_run = _run_dir_of(sub_cfg.get("ckpt_path"))
+    name = f"{objs.scenario.dataset}-{type(objs.algorithm).__name__.lower()}"
+    if sub_cfg.output_dir:
+        path = Path(sub_cfg.output_dir)
+        if subcommand == "fit" and ckpt_run is not None and path.exists() and _same_path(path, ckpt_run):
+            return path
+        return claim_run_dir("output_dir", path, bool(sub_cfg.get("overwrite"))) if create else path
+    if subcommand == "fit" and ckpt_run is not None:
+        return ckpt_run
+    if subcommand == "test":
+        target = (ckpt_run / f"test-{timestamp()}") if ckpt_run is not None else default_output_dir(name + "-test")
+    else:
+        target = default_output_dir(name)
+    if not create:
+        return target
+    try:
+        return create_unique_dir(target)
+    except OSError as err:
+        raise ConfigError(f"output_dir = {str(target)!r} cannot be created ({err.strerror or err})") from None
+
+
+def prepare(parser: ArgumentParser, cfg: Namespace) -> Prepared:
     """Config -> scenario, strategy (set up, restored from the checkpoint if any), Fabric and run
-    directory (config.yaml written last, once everything matched)."""
+    directory (created once every input checked; config.yaml written once everything matched)."""
     objs, scenario, checkpoint = instantiate(parser, cfg)
     sub_parser = parser._subcommands_action._name_parser_map[cfg.subcommand]
     sub_cfg = cfg[cfg.subcommand]
-    path = _run_path(sub_cfg, objs, suffix)
-    wandb_id = checkpoint.get("wandb_id") if checkpoint and not suffix else None
+    path = _run_path(cfg.subcommand, sub_cfg, objs)
+    resuming = cfg.subcommand == "fit" and checkpoint is not None
+    wandb_id = checkpoint.get("wandb_id") if resuming else None
     loggers, notes = tracking.build_loggers(objs.logging, path, path.name, wandb_id)
     for note in notes:
         print(f"fedgmi: {note}", file=sys.stderr)
@@ -200,7 +522,11 @@ def prepare(parser: ArgumentParser, cfg: Namespace, suffix: str = "") -> Prepare
         signature = strategy_signature(objs.algorithm.name, objs.algorithm.global_state)
         check_signature(sub_cfg.ckpt_path, checkpoint["signature"], signature)
         objs.algorithm.load_state_dict(checkpoint["strategy"])
-    config_text = sub_parser.dump(sub_cfg)
+    saved = sub_cfg.clone()
+    for key, value in SAVED_CONFIG_RESET.items():
+        if key in saved and (cfg.subcommand == "fit" or key != "ckpt_path"):
+            saved[key] = value
+    config_text = sub_parser.dump(saved)
     if fabric.is_global_zero:
         run.write_config(config_text)
     tracking.log_hyperparams(fabric, yaml.safe_load(config_text))
@@ -225,7 +551,7 @@ def finish(p: Prepared, row: dict, result, wall_time_s: float, console: Console)
              "client_model_accuracy": dict(zip(names, result.client_model_accuracy))}
     p.run.write_metrics_json(final)
     tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.seed))
-    print_summary(final, p.run.path, console)
+    print_summary(final, p.run.path, console, algorithm=type(p.strategy).__name__)
     print_component_table(result, names, console)
     return final
 
@@ -235,12 +561,19 @@ def checkpoint_state(p: Prepared, loop: LoopState) -> dict:
     return {"round": loop.next_round, "loop": asdict(loop), "strategy": p.strategy.state_dict(),
             "channel": p.objs.channel.state_dict(),
             "rng": rng_states(), "wandb_id": tracking.wandb_run_id(p.fabric),
-            "signature": strategy_signature(p.strategy.name, p.strategy.global_state)}
+            "signature": strategy_signature(p.strategy.name, p.strategy.global_state),
+            "scenario": scenario_signature(p.scenario, p.objs.seed, p.objs.federation.unseen_fraction)}
 
 
-def fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
-    """Train (or resume), evaluating and writing outputs and checkpoints along the way."""
-    p = prepare(parser, cfg)
+def resume_command(run: Path) -> str:
+    """The command that continues the run in ``run`` from its newest checkpoint."""
+    return f"fedgmi fit --config {run / 'config.yaml'} --ckpt_path {run / 'checkpoints' / 'last.ckpt'}"
+
+
+def start_state(p: Prepared, console: Console) -> LoopState:
+    """The loop state a fit starts from: fresh, or the checkpoint's, with the random states and
+    the channel restored and the histories (metrics.csv, logs/metrics.csv, W&B) trimmed back to
+    it (rows written after the checkpoint are written again)."""
     loop = LoopState()
     if p.checkpoint is not None:
         loop = LoopState(**p.checkpoint["loop"])
@@ -248,11 +581,18 @@ def fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
         p.objs.channel.load_state_dict(p.checkpoint["channel"], p.fabric.device)
         if p.fabric.is_global_zero:
             p.run.truncate_metrics(loop.next_round)
+            tracking.truncate_csv_log(p.run.path, loop.next_round)
+            tracking.replay_to_wandb(p.fabric, p.run.path / "metrics.csv")
         console.print(f"resuming {p.run.path} after round {loop.next_round}")
     if p.fabric.is_global_zero:
         console.print(p.scenario.summary())
-    fed = p.objs.federation
-    last = {"row": {}}
+    return loop
+
+
+def loop_callbacks(p: Prepared) -> tuple[dict, EvalCallback, RoundCallback]:
+    """``(last, on_eval, on_round_end)`` of a fit: rank 0 writes each evaluation's rows, tables
+    and logs (``last["row"]`` keeps the newest row) and the round checkpoints."""
+    fed, last = p.objs.federation, {"row": {}}
 
     def on_eval(rnd: int, row: dict, result) -> None:
         last["row"] = row
@@ -267,14 +607,23 @@ def fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
             save_round_checkpoint(p.fabric, p.run.checkpoint_path.parent, rounds_done,
                                   checkpoint_state(p, state), fed.keep_checkpoints)
 
+    return last, on_eval, on_round_end
+
+
+def fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
+    """Train (or resume), evaluating and writing outputs and checkpoints along the way."""
+    p = prepare(parser, cfg)
+    loop = start_state(p, console)
+    fed = p.objs.federation
+    last, on_eval, on_round_end = loop_callbacks(p)
+    resume = resume_command(p.run.path)
     try:
-        with stop_on_signals(console) as received:
+        with stop_on_signals(console, resume, p.run.checkpoint_path) as received:
             row, result = run_federation(p.strategy, p.scenario, fed, p.objs.evaluation, cfg.fit.seed,
                                          on_eval, on_round_end, loop, lambda: bool(received),
                                          progress=console.is_terminal and p.fabric.is_global_zero,
                                          channel=p.objs.channel)
     except StopRequested as err:
-        resume = f"fedgmi fit --config {p.run.path / 'config.yaml'} --ckpt_path {p.run.checkpoint_path}"
         raise Stopped(f"{signal.Signals(received[0]).name}: {err}; resume with: {resume}",
                       128 + received[0]) from None
     except TrainingDiverged as err:
@@ -288,11 +637,13 @@ def fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
 
 
 def test(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
-    """Evaluate a checkpoint with the run's config; write the same metric files."""
+    """Evaluate a checkpoint with the run's config into a new folder (``test-<time>`` in the
+    run, or ``--output_dir``): its own config, metrics, tables, plots and logs. The run's
+    training files are left as they were."""
     started = time.perf_counter()
     if not cfg.test.ckpt_path:
-        raise ConfigError("test needs --ckpt_path, a checkpoint written by fedgmi fit")
-    p = prepare(parser, cfg, suffix="-test")
+        raise ConfigError("ckpt_path: test needs --ckpt_path, a checkpoint written by fedgmi fit")
+    p = prepare(parser, cfg)
     result = evaluate(p.strategy, p.scenario, p.objs.evaluation, cfg.test.seed, p.unseen)
     row = {"round": int(p.checkpoint["round"]), **result.metrics}
     p.run.append_metrics(row)
@@ -302,7 +653,8 @@ def test(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
 
 
 def validate(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
-    """Check the config, its data files and the checkpoint; run and write nothing."""
+    """Check the config, its data files, the output folder and the checkpoint; run and write
+    nothing (no folder, no download)."""
     objs, scenario, checkpoint = instantiate(parser, cfg)
     console.print(f"config OK: {type(objs.algorithm).__name__}, {len(scenario.clients)} clients, "
                   f"K = {scenario.num_components}, {objs.federation.rounds} rounds"
@@ -319,9 +671,11 @@ class Stopped(Exception):
 
 
 @contextmanager
-def stop_on_signals(console: Console):
+def stop_on_signals(console: Console, resume: str = "", checkpoint: Path | None = None):
     """While inside, SIGTERM and SIGINT ask the loop to stop after the current round (it writes
-    a checkpoint first); a second signal stops at once. Yields the list of signals received."""
+    a checkpoint first); a second signal stops the process at once, with one line on stderr
+    (the resume command, or that no checkpoint exists yet) and exit status 128 + signal.
+    Yields the list of signals received."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
@@ -329,7 +683,16 @@ def stop_on_signals(console: Console):
 
     def handler(signum, frame) -> None:
         if received:
-            raise KeyboardInterrupt
+            name = signal.Signals(signum).name
+            if checkpoint is not None and checkpoint.is_file():
+                line = f"fedgmi: {name} again: stopped at once; resume with: {resume}"
+            else:
+                line = f"fedgmi: {name} again: stopped at once, before the first checkpoint; start again"
+            try:
+                sys.stdout.flush()
+            finally:
+                os.write(2, (line + "\n").encode())
+                os._exit(128 + signum)
         received.append(signum)
         console.print(f"[yellow]fedgmi: {signal.Signals(signum).name} received: stopping after this round "
                       "(a checkpoint is written first); send it again to stop now")
@@ -338,8 +701,9 @@ def stop_on_signals(console: Console):
     try:
         yield received
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        if not received:  # once stopping, a further signal still ends at once with one line
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 COMMANDS = {"fit": fit, "test": test, "validate": validate}
@@ -348,8 +712,10 @@ COMMANDS = {"fit": fit, "test": test, "validate": validate}
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedgmi`` console script; returns the exit status."""
     console = Console()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        check_config_files(argv)
+        parser = build_parser()
         cfg = parser.parse_args(argv)
         COMMANDS[cfg.subcommand](parser, cfg, console)
         return 0
@@ -359,11 +725,44 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as err:
         print(f"fedgmi: {err}", file=sys.stderr)
         return err.status
+    except KeyboardInterrupt:
+        print("fedgmi: SIGINT before training started; nothing to resume", file=sys.stderr)
+        return 128 + signal.SIGINT
     except Exception as err:  # jsonargparse's ArgumentError and friends
         if type(err).__name__ != "ArgumentError":
             raise
-        print(f"fedgmi: error: {_one_line(str(err))}", file=sys.stderr)
+        print(f"fedgmi: error: {summarize_parser_error(str(err))}", file=sys.stderr)
         return 2
+
+
+def summarize_parser_error(message: str) -> str:
+    """One line from jsonargparse's nested, multi-line error: the full dotted key (nested
+    ``class_path`` blocks joined with ``.init_args.``), the value given and the types expected
+    (``algorithm.init_args.optimizer.init_args.lr = 'x': expected float, Tensor``)."""
+    found = list(re.finditer(r'Parser key "([^"]+)"', message))
+    if not found:
+        return _one_line(message)
+    key = found[0].group(1)
+    for prev, match in itertools.pairwise(found):
+        between = message[prev.end():match.start()]
+        joiner = ".init_args." if ("class_path" in between or "callable class" in between) else "."
+        key += joiner + match.group(1)
+    tail = message[found[-1].end():]
+    value = re.search(r"(?:Given|Got) value: (.*?)(?:\.\s|\.?$|\n)", tail, flags=re.MULTILINE)
+    types = re.findall(r"Expected a <class '([\w.]+)'>", tail)
+    types = [t for t in dict.fromkeys(types) if t != "NoneType"] or types
+    unknown = re.search(r"No action for key \"([^\"]+)\"|Key \"([^\"]+)\" is required", tail)
+    detail = _one_line(tail).lstrip(": ")
+    if "dot import path" in tail and not types:
+        name = re.search(r"dot import path string: (\S+)", tail)
+        given = name.group(1) if name else "?"
+        known = f"; choose one of: {', '.join(ALGORITHMS)} (or a full class path)" if key == "algorithm" else ""
+        return f"{key} = {given!r} is not a class that can be imported{known}"
+    if value and types:
+        return f"{key} = {value.group(1).strip()!r}: expected {' or '.join(dict.fromkeys(types))}"
+    if unknown:
+        return f"{key}: {detail}"
+    return f"{key}: {detail}"[:500]
 
 
 def _one_line(message: str) -> str:

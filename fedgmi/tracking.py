@@ -5,6 +5,11 @@ the ``wandb`` package) and TensorBoard are optional. Logged keys carry a prefix 
 ``train/`` (local training), ``eval/`` (evaluation), ``comm/`` (bytes), ``time/`` (seconds),
 ``fed/`` (failed and rejected clients, skipped rounds);
 ``metrics.csv`` and ``metrics.json`` in the run directory keep the bare keys.
+
+Resuming is seamless in every logger: the CSV logger writes each row to disk as it is logged
+(so a kill loses nothing) and, on resume, keeps the rows up to the checkpoint's round and
+appends after them (Fabric's own CSV writer deletes an existing file); W&B rows are logged with
+``step = round``, so a row that a resumed run logs again lands on the step it already has.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from typing import Any
 
 import lightning
 from lightning.fabric.loggers import CSVLogger, Logger
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 
 from fedgmi.errors import ConfigError
+from fedgmi.outputs import truncate_csv
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -77,6 +84,46 @@ def _netrc_has_wandb() -> bool:
         return False
 
 
+class _AppendingWriter(_ExperimentWriter):
+    """Fabric's CSV writer, except that an existing ``metrics.csv`` is continued (its header
+    kept) instead of deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                header = f.readline().strip()
+            self.metrics_keys = header.split(",") if header else []
+
+
+class RunCSVLogger(CSVLogger):
+    """``<run>/logs/metrics.csv``: every row is on disk once logged (a kill loses none), and a
+    resumed run appends to the rows kept by :func:`truncate_csv_log`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir, name="logs", version="", flush_logs_every_n_steps=1)
+
+    @property
+    def experiment(self) -> _ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        self.save()  # on disk now, whatever the step
+
+
+def csv_log_path(run_dir: Path) -> Path:
+    """Where :class:`RunCSVLogger` writes."""
+    return Path(run_dir) / "logs" / "metrics.csv"
+
+
+def truncate_csv_log(run_dir: Path, rounds_done: int) -> None:
+    """Resuming after ``rounds_done`` rounds: keep the logged rows of those rounds only."""
+    truncate_csv(csv_log_path(run_dir), "step", rounds_done)
+
+
 def build_loggers(config: LoggingConfig, run_dir: Path, run_name: str,
                   wandb_id: str | None = None) -> tuple[list[Logger], list[str]]:
     """The loggers for ``lightning.Fabric(loggers=...)`` and notes to print.
@@ -86,7 +133,7 @@ def build_loggers(config: LoggingConfig, run_dir: Path, run_name: str,
     Raises:
         ConfigError: TensorBoard asked for without the ``tensorboard`` package.
     """
-    loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version="")]
+    loggers: list[Logger] = [RunCSVLogger(run_dir)]
     notes: list[str] = []
     if config.tensorboard:
         try:
@@ -122,10 +169,53 @@ def log_hyperparams(fabric: lightning.Fabric, config: dict[str, Any]) -> None:
             logger.log_hyperparams(config)
 
 
+def _is_wandb(logger: Logger) -> bool:
+    return type(logger).__name__ == "WandbLogger"
+
+
 def log_metrics(fabric: lightning.Fabric, row: dict[str, Any]) -> None:
-    """Log one evaluation row (bare keys, with ``round``) under the prefixed keys, step = round."""
+    """Log one evaluation row (bare keys, with ``round``) under the prefixed keys, step = round.
+
+    W&B gets the round as its own step (``wandb.log(..., step=round, commit=True)``, plus
+    ``round`` as a key): the row is committed at once (a kill loses none), and a row that a
+    resumed run logs again lands on a step W&B already has (it keeps one row per step)
+    instead of being appended as a duplicate."""
     metrics = {metric_key(k): float(v) for k, v in row.items() if k != "round" and isinstance(v, (int, float))}
-    fabric.log_dict(metrics, step=int(row["round"]))
+    step = int(row["round"])
+    if not fabric.is_global_zero:
+        return
+    for logger in fabric.loggers:
+        if _is_wandb(logger):
+            logger.experiment.log({**metrics, "round": step}, step=step, commit=True)  # on disk now
+        else:
+            logger.log_metrics(metrics, step=step)
+
+
+def replay_to_wandb(fabric: lightning.Fabric, csv_path: Path) -> int:
+    """Resuming: log the rows of ``metrics.csv`` kept up to the checkpoint to W&B again, at
+    their rounds. W&B keeps one row per step, so rows it has stay as they are, and rows the
+    killed process had not yet written out (W&B's writer buffers; a SIGKILL loses what is
+    buffered) come back. Returns the number of rows replayed."""
+    loggers = [logger for logger in fabric.loggers if _is_wandb(logger)]
+    if not loggers or not fabric.is_global_zero or not Path(csv_path).is_file():
+        return 0
+    import csv
+
+    with Path(csv_path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for raw in rows:
+        row = {}
+        for key, value in raw.items():
+            try:
+                row[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        if "round" in row:
+            row["round"] = int(row["round"])
+            for logger in loggers:
+                metrics = {metric_key(k): v for k, v in row.items() if k != "round"}
+                logger.experiment.log({**metrics, "round": row["round"]}, step=row["round"], commit=True)
+    return len(rows)
 
 
 def finish(fabric: lightning.Fabric, images: dict[str, Path] | None = None) -> None:

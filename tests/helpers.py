@@ -46,3 +46,46 @@ def run_client(strategy, task, data):
     reply, state = strategy.client_update(task, data, strategy.client_state.get(task.client_id, {}))
     strategy.client_state[task.client_id] = state
     return reply
+
+
+def wandb_history(run_dir, skip=("_", "time/", "plots/", "trainer/")) -> dict[int, dict]:
+    """The history rows of every offline W&B run under ``run_dir/wandb``, merged by ``_step``
+    as ``wandb sync`` merges the sessions of a resumed run; keys starting with ``skip`` left
+    out. Reads the ``.wandb`` files directly (W&B's record log: 7-byte header, 32 KiB blocks of
+    records with a 7-byte header each: CRC, length, type)."""
+    import json
+    import struct
+    from pathlib import Path
+
+    from wandb.proto import wandb_internal_pb2
+
+    def records(path):
+        data, pos, buf = Path(path).read_bytes(), 7, b""
+        while pos + 7 <= len(data):
+            left = 32768 - pos % 32768
+            if left < 7:
+                pos += left
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            pos += 7
+            if kind == 0 and length == 0:
+                pos += left - 7
+                continue
+            buf += data[pos:pos + length]
+            pos += length
+            if kind in (1, 4):  # FULL or LAST
+                yield buf
+                buf = b""
+
+    merged: dict[int, dict] = {}
+    for path in sorted(Path(run_dir).glob("wandb/offline-run-*/*.wandb")):
+        for data in records(path):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            if record.WhichOneof("record_type") != "history":
+                continue
+            row = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+            kept = {k: v for k, v in row.items() if not k.startswith(skip)}
+            if kept:
+                merged.setdefault(int(row["_step"]), {}).update(kept)
+    return merged

@@ -3,9 +3,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from fedgmi.cli import build_parser, main
+from fedgmi.cli import ALGORITHMS, build_parser, instantiate, main
+from fedgmi.outputs import format_metric, print_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -73,7 +75,23 @@ BAD = [
     (["--federation.unseen_fraction", "1.0"], "1.0"),
     (["--scenario.dataset", "mnist", "--scenario.data_dir", "no/such/folder",
       "--scenario.download", "false"], "no/such/folder"),
+    (["--algorithm.init_args.optimizer.init_args.lr", "-1"], "algorithm.init_args.optimizer.init_args.lr = -1"),
+    (["--algorithm.init_args.optimizer.init_args.lr", ".nan"], "algorithm.init_args.optimizer.init_args.lr = nan"),
+    (["--algorithm.init_args.optimizer.init_args.lr", ".inf"], "must be finite"),
+    (["--algorithm.init_args.optimizer.init_args.betas", "[0.9, 1.5]"], "optimizer.init_args.betas"),
+    (["--algorithm.init_args.component.init_args.latent_dim", "0"], "component.init_args.latent_dim"),
+    (["--output_dir", "/proc/fedgmi-x"], "/proc/fedgmi-x"),
+    (["--output_dir", str(ROOT / "pyproject.toml" / "x")], "lies under the file"),
+    (["--fabric.threads", "0"], "fabric.threads"),
+    (["--seed", "-1"], "seed = -1"),
+    (["--algorithm", "NoSuchAlgorithm"], "FedEM"),
+    (["--scenario.alpha", "0"], "scenario.alpha = 0"),
+    (["--scenario.angles", "[0, 360]"], "scenario.angles"),
+    (["--scenario.test_fraction", "1.0"], "scenario.test_fraction"),
+    (["--federation.min_clients", "50"], "federation.min_clients"),
 ]
+if not torch.cuda.is_available():
+    BAD.append((["--fabric.accelerator", "cuda"], "fabric.accelerator = 'cuda' is not available"))
 
 
 @pytest.mark.parametrize(("args", "needle"), BAD, ids=[b[1] for b in BAD])
@@ -98,3 +116,101 @@ def test_test_command_refuses_a_bad_checkpoint_in_one_line(content, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "last.ckpt" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_config_names_its_file(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    assert main(["fit", "--config", str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(empty) in err[0] and "empty" in err[0]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == "fedgmi 0.1.0"
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_every_algorithm_by_class_name_keeps_the_configs_cnn_head(name):
+    """jsonargparse keeps the init_args the new class also accepts when only the class changes
+    (its documented rule; the others are dropped), so switching keeps pm_mnist's CNN head."""
+    parser = build_parser()
+    cfg = parser.parse_args(["fit", "--config", str(ROOT / "configs" / "pm_mnist.yaml"), "--algorithm", name])
+    objs = parser._subcommands_action._name_parser_map["fit"].instantiate(cfg.fit)
+    assert type(objs.algorithm).__name__ == name
+    head = cfg.fit.algorithm.init_args.classifier
+    assert head.class_path == "fedgmi.models.heads.CNNClassifier" and head.init_args.channels == [8, 16]
+    assert cfg.fit.algorithm.init_args.optimizer.init_args.lr == 0.001
+
+
+def test_algorithm_help_by_class_name(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--algorithm.help", "IFCA"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "--algorithm.classifier" in out and "IFCA" in out
+
+
+def test_validate_with_a_missing_dataset_changes_nothing_on_disk(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # pm_mnist.yaml: data_dir "data", download true
+    assert main(["validate", "--config", str(ROOT / "configs" / "pm_mnist.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scenario.data_dir" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scenario_seed_null_follows_the_run_seed():
+    parser = build_parser()
+    cfg = parser.parse_args(["validate", "--config", str(ROOT / "configs" / "pm_digits.yaml"), "--seed", "2",
+                             "--scenario.seed", "null"])
+    objs, scenario, _ = instantiate(parser, cfg)
+    assert objs.scenario.seed == 2 and scenario.config.seed == 2
+
+
+def test_an_unread_component_lr_is_warned_about(capsys):
+    assert main(["validate", "--config", str(ROOT / "configs" / "pm_digits.yaml"),
+                 "--algorithm.init_args.component.init_args.lr", "0.05"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "component.init_args.lr = 0.05 is not used" in err[0]
+    assert "algorithm.init_args.optimizer.init_args.lr" in err[0]
+
+
+def test_summary_shows_bytes_in_kb_mb_nan_as_na_and_the_algorithm(tmp_path):
+    from rich.console import Console
+
+    assert format_metric("bytes_up", 28_460_464) == "28.46 MB"
+    assert format_metric("bytes_down_round", 4_176) == "4.18 kB"
+    assert format_metric("bytes_up", 0) == "0 B"
+    assert format_metric("assignment_accuracy", float("nan")) == "n/a"
+    assert format_metric("wall_time_s", 12.345) == "12.3 s"
+    console = Console(record=True, width=100)
+    print_summary({"assignment_accuracy": float("nan"), "bytes_up": 1_500_000}, tmp_path, console,
+                  algorithm="FedAvg")
+    text = console.export_text()
+    assert "FedAvg" in text and "n/a" in text and "1.50 MB" in text and "nan" not in text
+
+
+def test_the_progress_bar_names_the_stages(monkeypatch):
+    from rich.progress import Progress
+
+    from fedgmi.data import ScenarioConfig, build_scenario
+    from fedgmi.federated.evaluation import EvalConfig
+    from fedgmi.federated.server import FederationConfig, initialisation_stage, run_federation
+    from tests.helpers import make_fedgmi
+
+    stages = []
+    original = Progress.update
+
+    def update(self, task_id, **kw):
+        if kw.get("description"):
+            stages.append(kw["description"])
+        return original(self, task_id, **kw)
+
+    monkeypatch.setattr(Progress, "update", update)
+    scenario = build_scenario(ScenarioConfig(dataset="digits", num_clients=4, samples_per_client=(60, 80)))
+    strategy = make_fedgmi(scenario, initialize=False, local_epochs=1, warmup_rounds=1)
+    assert initialisation_stage(strategy) == "topic-model initialisation"
+    run_federation(strategy, scenario, FederationConfig(rounds=2, eval_every=2), EvalConfig(num_samples=2), 0,
+                   lambda *a: None, progress=True)
+    assert stages[:4] == ["topic-model initialisation", "round 1/2", "round 2/2", "evaluating (round 2/2)"]

@@ -1,7 +1,10 @@
 """Property-based check of bad input: generated configs with wrong types, out-of-range values
-and missing files, fed to the CLI's parser (``fedgmi validate``: parse, instantiate, build the
-scenario, read the checkpoint) and to the scenario builder. Every one must end in success or a
-one-line error with exit status 2; none in an uncaught exception."""
+(optimizer hyperparameters included: negative, NaN, infinite), missing files, output folders
+that cannot be created (under a file, under /proc), accelerators that are not there, fed to the
+CLI's parser (``fedgmi validate``: parse, instantiate, build the scenario and the algorithm, read
+the checkpoint) and to the scenario builder. Every one must end in success (exit 0, one stdout
+line, stderr only warnings) or a one-line error with exit status 2; none in an uncaught
+exception, and none may write anything (validate creates no folder and downloads nothing)."""
 
 import contextlib
 import io
@@ -49,7 +52,11 @@ FIELDS = {  # dotted key -> values near and beyond the allowed range, mixed with
     "federation.checkpoint_every": SMALL_INT,
     "evaluation.estimator": st.sampled_from(["iwae", "elbo", "exact"]),
     "evaluation.num_samples": SMALL_INT,
-    "fabric.accelerator": st.sampled_from(["cpu", "auto", "tpu"]),
+    "fabric.accelerator": st.sampled_from(["cpu", "auto", "tpu", "cuda", "gpu", "mps"]),
+    "fabric.threads": st.one_of(st.none(), SMALL_INT),
+    "scenario.seed": st.one_of(st.none(), SMALL_INT),
+    "output_dir": st.sampled_from(["@tmp/new/run", str(ROOT / "pyproject.toml" / "run"), "/proc/fedgmi-x",
+                                   "@tmp/config.yaml", None]),
     "fabric.precision": st.sampled_from(["32-true", "bf16-mixed", "8-bit"]),
     "fabric.devices": SMALL_INT,
     "logging.wandb_mode": st.sampled_from([None, "offline", "sometimes"]),
@@ -62,7 +69,11 @@ FIELDS = {  # dotted key -> values near and beyond the allowed range, mixed with
     "algorithm.init_args.head_min_responsibility": UNIT,
     "algorithm.init_args.component.init_args.latent_dim": SMALL_INT,
     "algorithm.init_args.component.init_args.hidden_dims": st.lists(SMALL_INT, max_size=3),
-    "algorithm.init_args.optimizer.init_args.lr": st.floats(-1, 1),
+    "algorithm.init_args.optimizer.init_args.lr": st.one_of(st.floats(-1, 1),
+                                                             st.sampled_from([math.nan, math.inf, -1.0, 0.0])),
+    "algorithm.init_args.optimizer.init_args.betas": st.lists(st.one_of(st.floats(-0.5, 1.5), st.just(math.nan)), max_size=3),
+    "algorithm.init_args.optimizer.init_args.eps": st.sampled_from([1e-8, -1.0, math.nan, 0.0]),
+    "algorithm.init_args.optimizer.init_args.weight_decay": st.sampled_from([0.0, 0.1, -0.5, math.inf]),
 }
 
 
@@ -84,20 +95,20 @@ def apply(config: dict, key: str, value) -> None:
     node[leaf] = value
 
 
-def run_cli(argv: list[str]) -> tuple[int, str]:
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
-    return code, err.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(changes=CHANGES, ckpt=st.sampled_from([None, MISSING, "garbage"]))
 def test_generated_configs_end_in_success_or_one_line_error(changes, ckpt):
     config = yaml.safe_load(yaml.safe_dump(BASE))
-    for key, value in changes:
-        apply(config, key, value)
     with tempfile.TemporaryDirectory() as tmp:
+        for key, value in changes:
+            apply(config, key, value.replace("@tmp", tmp) if isinstance(value, str) else value)
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         argv = ["validate", "--config", str(path)]
@@ -106,16 +117,21 @@ def test_generated_configs_end_in_success_or_one_line_error(changes, ckpt):
             argv += ["--ckpt_path", str(Path(tmp) / "last.ckpt")]
         elif ckpt:
             argv += ["--ckpt_path", ckpt]
-        code, err = run_cli(argv)
+        written_before = sorted(p.name for p in Path(tmp).iterdir())
+        code, out, err = run_cli(argv)
+        assert sorted(p.name for p in Path(tmp).iterdir()) == written_before  # validate writes nothing
+    assert not Path(MISSING).exists()
     assert code in (0, 2), err
     if code == 2:
         assert len(err.strip().splitlines()) == 1 and err.startswith("fedgmi: error: "), err
     else:
         assert ckpt is None
+        assert len(out.strip().splitlines()) == 1 and out.startswith("config OK"), out
+        assert all(line.startswith("fedgmi: warning: ") for line in err.strip().splitlines()), err
 
 
 def test_a_missing_config_file_is_one_line():
-    code, err = run_cli(["validate", "--config", MISSING + ".yaml"])
+    code, _, err = run_cli(["validate", "--config", MISSING + ".yaml"])
     assert code == 2 and len(err.strip().splitlines()) == 1
 
 

@@ -48,6 +48,9 @@ class ScenarioConfig:
         samples_per_client: Inclusive ``(min, max)`` range of a client's train+test count.
         test_fraction: Fraction of each client's samples held out as its test part.
         seed: Seed of every random choice; the same config gives the same scenario.
+            ``None`` (``null`` in a config): the run's ``--seed``, so that one sweep
+            parameter varies both (the CLI fills it in before building; building with
+            ``None`` raises).
 
     Raises:
         ConfigError: On construction (and :meth:`validate`) when a field is invalid.
@@ -62,7 +65,7 @@ class ScenarioConfig:
     proportions: list[list[float]] | None = None
     samples_per_client: tuple[int, int] = (200, 300)
     test_fraction: float = 0.2
-    seed: int = 0
+    seed: int | None = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -97,7 +100,7 @@ class ScenarioConfig:
         tf = self.test_fraction
         if not _is_real(tf) or not 0.0 < tf < 1.0:
             raise ConfigError(f"test_fraction = {tf!r} must be a number strictly between 0 and 1")
-        if not _is_int(self.seed) or self.seed < 0:
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise ConfigError(f"seed = {self.seed!r} must be an integer >= 0")
 
     def _validate_angles(self) -> None:
@@ -270,6 +273,8 @@ def build_scenario(config: ScenarioConfig, base: BaseDataset | None = None) -> S
             different dataset, or the clients ask for more samples than the dataset holds.
     """
     config.validate()
+    if config.seed is None:
+        raise ConfigError("seed = None: give the scenario an integer seed (the CLI uses the run's --seed)")
     if base is None:
         base = load_base_dataset(config.dataset, config.data_dir, config.download)
     elif base.name != config.dataset:

@@ -4,11 +4,15 @@
 A fit checkpoint holds the round counter and loop totals (:class:`LoopState`), the strategy's
 state (global components, every client's state, e.g. its mixture proportions, and any server
 state), the channel's per-client codec state (residuals, held copies), every random generator's state (torch, CUDA, numpy, Python), the logger's run id and a
-signature of the strategy (class and component sizes) that a resume must match.
+signature that a resume (or ``fedgmi test``) must match: the strategy (class and component
+sizes) and the scenario (:func:`scenario_signature`: dataset, inherent distributions, clients,
+proportions, sample counts, seeds, and a fingerprint of the data actually drawn).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import pickle
 import random
@@ -86,6 +90,59 @@ def check_signature(path: str | os.PathLike, saved: dict[str, Any], expected: di
     if list(saved.get("component_sizes", [])) != expected["component_sizes"]:
         raise ConfigError(f"checkpoint {str(path)!r} holds components of sizes {saved.get('component_sizes')}; "
                           f"this run's are {expected['component_sizes']} (another model or K)")
+
+
+SCENARIO_FIELDS = ("dataset", "angles", "num_clients", "alpha", "proportions", "samples_per_client",
+                   "test_fraction", "seed")
+"""The ``scenario`` settings that define the inherent distributions (K = len(angles)) and the
+clients' data; a checkpoint is valid only for the same values."""
+
+
+def scenario_signature(scenario, seed: int, unseen_fraction: float) -> dict[str, Any]:
+    """What defines a run's scenario: the :data:`SCENARIO_FIELDS` of its config (dotted keys,
+    plain values), the run's ``seed``, ``federation.unseen_fraction`` (which clients train),
+    and ``scenario.data``: a SHA-256 fingerprint of every client's base-image indices, train
+    and test (it differs when the same settings draw from another copy of the dataset, e.g. the
+    full MNIST instead of its test split)."""
+    config = scenario.config
+    fields: dict[str, Any] = {f"scenario.{name}": _plain(getattr(config, name)) for name in SCENARIO_FIELDS}
+    if config.proportions is not None:
+        fields["scenario.alpha"] = None  # explicit proportions override alpha
+    digest = hashlib.sha256()
+    for part in (*scenario.truth.base_index_train, *scenario.truth.base_index_test):
+        digest.update(part.numpy().astype(np.int64).tobytes())
+        digest.update(b"|")
+    return {**fields, "seed": int(seed), "federation.unseen_fraction": float(unseen_fraction),
+            "scenario.data": f"{len(scenario.clients)} clients, sha256 {digest.hexdigest()[:16]}"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def check_scenario(path: str | os.PathLike, saved: dict[str, Any] | None, expected: dict[str, Any]) -> None:
+    """Raise ConfigError (one line naming the first field that differs, with both values) when
+    a checkpoint was written for another scenario than this run's."""
+    if saved is None:
+        raise ConfigError(f"checkpoint {str(path)!r} holds no scenario signature (written by an older "
+                          "fedgmi); it cannot be checked against this run's scenario")
+    for key, value in expected.items():
+        old = saved.get(key)
+        if not _same(old, value):
+            raise ConfigError(f"checkpoint {str(path)!r} was written for {key} = {old!r}; this run has "
+                              f"{key} = {value!r} (resume and test need the checkpoint's scenario)")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0) or a == b
+    return a == b
 
 
 def rng_states() -> dict[str, Any]:

@@ -7,6 +7,7 @@ what happens inside a round. Client sampling is seeded by (seed, round), client 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -127,6 +128,25 @@ class TrainingDiverged(RuntimeError):
 
 class StopRequested(Exception):
     """The run stopped early on request (SIGTERM/SIGINT) after a completed round."""
+
+
+def initialisation_stage(strategy: Strategy) -> str:
+    """The progress bar's name for the strategy's initialisation stage: the strategy's own
+    ``initialisation_stage`` attribute if it has one, else "topic-model initialisation" for a
+    topic-initialised strategy (FedGMI), else "<Class> initialisation"."""
+    named = getattr(strategy, "initialisation_stage", None)
+    if isinstance(named, str):
+        return named
+    if getattr(strategy, "init", None) == "topic":
+        return "topic-model initialisation"
+    return f"{type(strategy).__name__} initialisation"
+
+
+def _short(value) -> str:
+    """A metric for the progress bar: 3 decimals, NaN as n/a."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}"
 
 
 EvalCallback = Callable[[int, dict[str, float], Evaluation], None]
@@ -305,36 +325,47 @@ def run_federation(
     channel = channel or Channel()
     train_ids, unseen_ids = federation.split_clients(len(scenario.clients))
     attach_truth(strategy, scenario)  # only a strategy declaring uses_ground_truth (Oracle) gets it
-    if state.next_round == 0:
-        init = strategy.initialize([scenario.clients[c] for c in train_ids])
-        strategy.client_state.update(init.client_states)
-        state.bytes_up += int(init.bytes_up)
-        state.bytes_down += int(init.bytes_down)
-        state.init_exchanges = int(init.exchanges)
     row, result = {}, None
-    columns = [TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]
     with Progress(*columns, disable=not progress, transient=False) as bar:
         def warn(message: str) -> None:
             bar.console.print(f"[yellow]fedgmi: warning: {message}", highlight=False)
 
-        task_id = bar.add_task("rounds", total=federation.rounds, completed=state.next_round, status="")
+        task_id = bar.add_task("starting", total=federation.rounds, completed=state.next_round, status="")
+
+        def stage(text: str) -> None:
+            bar.update(task_id, description=text)
+
+        if state.next_round == 0:
+            stage(initialisation_stage(strategy))
+            init = strategy.initialize([scenario.clients[c] for c in train_ids])
+            strategy.client_state.update(init.client_states)
+            state.bytes_up += int(init.bytes_up)
+            state.bytes_down += int(init.bytes_down)
+            state.init_exchanges = int(init.exchanges)
         for rnd in range(state.next_round, federation.rounds):
+            stage(f"round {rnd + 1}/{federation.rounds}")
             round_metrics = (round_runner or run_round)(strategy, scenario, federation, seed, rnd, train_ids, state,
                                                         warn, channel)
             state.next_round, state.elapsed_s = rnd + 1, time.perf_counter() - started
             if (rnd + 1) % federation.eval_every == 0 or rnd + 1 == federation.rounds:
+                stage(f"evaluating (round {rnd + 1}/{federation.rounds})")
                 result = evaluate(strategy, scenario, evaluation, seed, unseen_ids)
                 row = {"round": rnd + 1, **round_metrics, **result.metrics,
                        **{k: v for k, v in asdict(state).items() if k not in ("next_round", "elapsed_s")},
                        **channel.metrics(), "wall_time_s": time.perf_counter() - started}
                 on_eval(rnd + 1, row, result)
-                bar.update(task_id, status=f"assign {row['assignment_accuracy']:.3f} "
-                           f"tv {row['proportion_error_tv']:.3f} acc {row['client_accuracy_mean']:.3f}")
+                bar.update(task_id, status=" ".join(
+                    f"{name} {_short(row.get(key))}" for name, key in (
+                        ("assign", "assignment_accuracy"), ("tv", "proportion_error_tv"),
+                        ("acc", "client_accuracy_mean"))))
             bar.update(task_id, advance=1)
             stopping = any_rank(strategy.fabric, stop_requested())
             if on_round_end is not None:
+                stage(f"checkpoint (round {rnd + 1}/{federation.rounds})")
                 on_round_end(rnd + 1, state, stopping)
             if stopping and rnd + 1 < federation.rounds:
                 raise StopRequested(f"stopped after round {rnd + 1} of {federation.rounds}")
+        stage(f"done ({federation.rounds} rounds)")
     return row, result

@@ -236,9 +236,7 @@ def fit_on_grid(grid: Grid, settings: RunSettings, console: Console | None = Non
         ConfigError: a bad config value, or nodes missing for some clients (one line).
         TrainingDiverged: a client's loss became NaN/Inf (outputs written so far are kept).
     """
-    from fedgmi import tracking
-    from fedgmi.cli import build_parser, checkpoint_state, finish, prepare, write_evaluation
-    from fedgmi.federated.checkpoint import save_round_checkpoint, set_rng_states
+    from fedgmi.cli import build_parser, finish, loop_callbacks, prepare, start_state
     from fedgmi.federated.server import run_federation
 
     if not Console().is_terminal:  # a log (Flower's log stream, a file): one line per message, unwrapped
@@ -247,33 +245,18 @@ def fit_on_grid(grid: Grid, settings: RunSettings, console: Console | None = Non
     parser = build_parser()
     cfg = parser.parse_args(settings.fit_args(server=True))
     p = prepare(parser, cfg)
-    loop = LoopState()
-    if p.checkpoint is not None:
-        loop = LoopState(**p.checkpoint["loop"])
-        set_rng_states(p.checkpoint["rng"])
-        p.objs.channel.load_state_dict(p.checkpoint["channel"], p.fabric.device)
-        p.run.truncate_metrics(loop.next_round)
-        console.print(f"resuming {p.run.path} after round {loop.next_round}")
-    console.print(p.scenario.summary())
+    loop = start_state(p, console)
     fed = p.objs.federation
     train_ids, _ = fed.split_clients(len(p.scenario.clients))
     rounds = FlowerRounds(grid, settings, lambda line: console.print(line, highlight=False))
     rounds.discover(train_ids)
-    last: dict[str, Any] = {"row": {}}
+    last, write_eval, on_round_end = loop_callbacks(p)
 
     def on_eval(rnd: int, row: dict, result) -> None:
-        last["row"] = row
-        p.run.append_metrics(row)
-        tracking.log_metrics(p.fabric, row)
-        write_evaluation(p, result, row)
+        write_eval(rnd, row, result)
         console.print(f"fedgmi.flower: round {rnd}: assignment_accuracy {row['assignment_accuracy']:.4f} "
                       f"proportion_error_tv {row['proportion_error_tv']:.4f} "
                       f"client_accuracy_mean {row['client_accuracy_mean']:.4f}", highlight=False)
-
-    def on_round_end(rounds_done: int, state: LoopState, stopping: bool) -> None:
-        if stopping or rounds_done % fed.checkpoint_every == 0 or rounds_done == fed.rounds:
-            save_round_checkpoint(p.fabric, p.run.checkpoint_path.parent, rounds_done,
-                                  checkpoint_state(p, state), fed.keep_checkpoints)
 
     try:
         row, result = run_federation(p.strategy, p.scenario, fed, p.objs.evaluation, cfg.fit.seed, on_eval,
