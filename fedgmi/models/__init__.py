@@ -1,5 +1,7 @@
 """Density-estimator models for FedGMI mixture components."""
 
+from fedgmi.models.bodies import CifarCNN
+from fedgmi.models.conv_vae import ConvVAE
 from fedgmi.models.elbo import (
     ElboTerms,
     bernoulli_log_likelihood,
@@ -13,7 +15,9 @@ from fedgmi.models.vae import ESTIMATORS, ComponentVAE, mlp
 
 __all__ = [
     "ESTIMATORS",
+    "CifarCNN",
     "ComponentVAE",
+    "ConvVAE",
     "ElboTerms",
     "bernoulli_log_likelihood",
     "diagonal_gaussian_log_density",
