@@ -245,6 +245,13 @@ def _check_root(root: Path, name: str, download: bool) -> None:
         )
 
 
+def _download_hint(download: bool) -> str:
+    """The end of a missing-data message: how downloading would (or did not) help."""
+    if download:
+        return "; the download (scenario.download: true) failed: no network, or a read-only folder?"
+    return ", or allow download (scenario.download: true) on a machine online"
+
+
 def _load_digits() -> BaseDataset:
     """scikit-learn's bundled digits: ``(1797, 1, 8, 8)`` images scaled from ``0..16``."""
     from sklearn.datasets import load_digits
@@ -290,13 +297,12 @@ def _load_idx_family(name: str, root: Path, download: bool) -> BaseDataset:
     if local is not None:
         return _read_local_test_split(name, *local)
     info = DATASET_INFO[name]
-    where = "did not exist and the download failed" if not existed else f"holds no {info.folder}"
+    where = "did not exist" if not existed else f"holds no {info.folder}"
     test_images, test_labels = _idx_files(name, False)
     raise ConfigError(
         f"data folder '{root}' {where}: looked for torchvision's {info.folder}/raw (train and test "
         f"IDX files) and for {info.folder}/raw/{test_images}[.gz] with {test_labels}[.gz]; "
-        f"set {DATA_DIR_ENV} to the folder that holds them"
-        + ("" if download else ", or allow download (scenario.download: true) on a machine online")
+        f"set {DATA_DIR_ENV} to the folder that holds them" + _download_hint(download)
     )
 
 
@@ -447,9 +453,7 @@ def _load_cifar10(root: Path, download: bool) -> BaseDataset:
         raise ConfigError(
             f"data folder '{root}' holds no CIFAR-10: looked for {folder}/data_batch_1..5 or "
             f"{folder}/test_batch, each with batches.meta; set {DATA_DIR_ENV} to the folder that "
-            "holds cifar-10-batches-py/"
-            + (", or allow download (scenario.download: true) on a machine online" if not download
-               else " (the download failed: no network?)")
+            "holds cifar-10-batches-py/" + _download_hint(download)
         )
     data = torch.cat([torch.from_numpy(p.data) for p in parts])  # (N, 32, 32, 3) uint8
     images = data.permute(0, 3, 1, 2).to(torch.float32).div_(255.0).contiguous()

@@ -419,8 +419,7 @@ class LabelPermutation(Shift):
         return len(self.permutations) if self.permutations is not None else int(self.requested)
 
     def component_names(self) -> list[str]:
-        if self.permutations is None:
-            return [f"shift{k}" for k in range(self.num_components)]
+        """``perm0`` (identity under cyclic shifts), ``perm1``, ..."""
         return [f"perm{k}" for k in range(self.num_components)]
 
     def table(self, num_classes: int) -> torch.Tensor:

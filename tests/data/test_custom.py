@@ -44,7 +44,7 @@ def test_builtin_shift_on_own_tensors_and_uint8() -> None:
     images, labels = _data()
     scenario = scenario_from_tensors((images * 255).to(torch.uint8), labels, shift=LabelPermutation(2),
                                      num_clients=4, samples_per_client=(40, 50))
-    assert scenario.component_names == ["shift0", "shift1"]
+    assert scenario.component_names == ["perm0", "perm1"]
 
 
 def test_one_dataset_with_transforms() -> None:
