@@ -316,8 +316,9 @@ def _try_torchvision_idx(name: str, root: Path, download: bool) -> BaseDataset |
     cls, kwargs = _torchvision_class(name)
     if not download and not _torchvision_files_present(name, root):
         return None
+    folder = root / DATASET_INFO[name].folder
     try:
-        with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
+        with _tidy_failed_download([root, folder, folder / "raw"]), _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
             parts = [cls(str(root), train=t, download=download, **kwargs) for t in (True, False)]
     except (RuntimeError, OSError, EOFError):  # URLError, timeouts, PermissionError are OSError
         return None
@@ -338,6 +339,20 @@ def _torchvision_files_present(name: str, root: Path) -> bool:
     """Whether the uncompressed raw files torchvision checks for are all in place."""
     raw = root / DATASET_INFO[name].folder / "raw"
     return all((raw / n).is_file() for train in (True, False) for n in _idx_files(name, train))
+
+
+@contextlib.contextmanager
+def _tidy_failed_download(folders: list[Path]) -> Iterator[None]:
+    """Remove the folders in ``folders`` (deepest last in the list) that did not exist before
+    and are still empty afterwards: torchvision creates them before a download that may fail,
+    and a failed attempt must not leave empty dataset folders in the user's data folder."""
+    missing = [f for f in folders if not f.exists()]
+    try:
+        yield
+    finally:
+        for folder in reversed(missing):
+            with contextlib.suppress(OSError):  # not empty (a download went through) or gone
+                folder.rmdir()
 
 
 @contextlib.contextmanager
@@ -438,7 +453,7 @@ def _load_cifar10(root: Path, download: bool) -> BaseDataset:
     parts, names = [], []
     for train in (True, False):
         try:
-            with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
+            with _tidy_failed_download([root, folder]), _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
                 part = cls(str(root), train=train, download=download and not parts)
         except (RuntimeError, OSError, EOFError):
             continue

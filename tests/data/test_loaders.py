@@ -121,3 +121,18 @@ def test_each_dataset_states_shape_classes_and_default_models(name: str) -> None
 def test_idx_folders_match_dataset_info() -> None:
     for name, folder in IDX_FOLDERS.items():
         assert DATASET_INFO[name].folder == folder
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10"])
+def test_failed_download_leaves_no_empty_folders(tmp_path: Path, name: str, monkeypatch) -> None:
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network is off in this test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    root = tmp_path / "data"
+    with pytest.raises(ConfigError, match="the download"):
+        load_base_dataset(name, root, download=True)
+    assert not root.exists()  # torchvision made folders for the download; they are removed again
