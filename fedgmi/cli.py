@@ -393,11 +393,11 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, obje
     sub_parser = parser._subcommands_action._name_parser_map[cfg.subcommand]
     sub_cfg = cfg[cfg.subcommand]
     check_int("seed", sub_cfg.seed, 0)
+    check_optimizers(sub_cfg)  # before the algorithm builds them: the message names the full key
     try:
         objs = sub_parser.instantiate(sub_cfg)
     except (TypeError, ValueError) as err:  # a component's own check, e.g. a bad init_args value
         raise _config_error(err, sub_cfg) from None
-    check_optimizers(sub_cfg)
     objs.fabric.check_available()
     _check_output(cfg.subcommand, sub_cfg)
     checkpoint = load_checkpoint(sub_cfg.ckpt_path) if sub_cfg.get("ckpt_path") else None

@@ -101,10 +101,11 @@ def plot_proportions(estimated: Any, true: Any, names: Sequence[str], path: str 
 def plot_image_grid(
     rows: Sequence[Any], row_labels: Sequence[str], path: str | Path, title: str = ""
 ) -> Path:
-    """Draw an R x n grid of grey images, one labelled row per input array.
+    """Draw an R x n grid of grey or colour images, one labelled row per input array.
 
     Args:
-        rows: R arrays, each (n, 1, H, W) or (n, H, W) with values in [0, 1]. Rows may have
+        rows: R arrays, each (n, 1, H, W), (n, 3, H, W) (RGB) or (n, H, W) with values in
+            [0, 1]. Rows may have
             different n; the grid has max n columns and short rows leave blank cells.
         row_labels: R labels, drawn to the left of each row.
         path: where to write the PNG.
@@ -120,8 +121,10 @@ def plot_image_grid(
         arr = _to_numpy(row)
         if arr.ndim == 4 and arr.shape[1] == 1:
             arr = arr[:, 0]
-        if arr.ndim != 3:
-            raise ValueError(f"row {r}: expected (n, 1, H, W) or (n, H, W), got {arr.shape}")
+        elif arr.ndim == 4 and arr.shape[1] == 3:
+            arr = arr.transpose(0, 2, 3, 1).clip(0.0, 1.0)  # (n, H, W, 3) for imshow
+        if arr.ndim != 3 and not (arr.ndim == 4 and arr.shape[-1] == 3):
+            raise ValueError(f"row {r}: expected (n, 1, H, W), (n, 3, H, W) or (n, H, W), got {arr.shape}")
         images.append(arr)
 
     fig = _new_figure()

@@ -28,7 +28,8 @@ def test_every_config_parses_and_instantiates(path):
     cfg = parser.parse_args(["fit", "--config", str(path)])
     fit_parser = parser._subcommands_action._name_parser_map["fit"]
     objs = fit_parser.instantiate(cfg.fit)
-    assert objs.scenario.num_components == len(objs.scenario.angles)
+    shift = objs.scenario.shift  # a shift kind by class_path, or the scenario.angles shorthand
+    assert objs.scenario.num_components == (shift.num_components if shift else len(objs.scenario.angles))
     assert objs.federation.rounds >= 1
     class_path = yaml.safe_load(path.read_text())["algorithm"]["class_path"]
     assert f"{type(objs.algorithm).__module__}.{type(objs.algorithm).__name__}" == class_path

@@ -33,7 +33,7 @@ SMALL_INT = st.integers(-3, 40)
 UNIT = st.one_of(st.floats(-0.5, 1.5), st.sampled_from([0.0, 1.0, math.nan, math.inf]))
 FIELDS = {  # dotted key -> values near and beyond the allowed range, mixed with anything
     "seed": SMALL_INT,
-    "scenario.dataset": st.sampled_from(["digits", "mnist", "cifar10", ""]),
+    "scenario.dataset": st.sampled_from(["digits", "mnist", "svhn", ""]),
     "scenario.data_dir": st.sampled_from([None, MISSING, "", str(ROOT / "pyproject.toml")]),
     "scenario.download": st.sampled_from([False, "yes"]),
     "scenario.angles": st.lists(st.one_of(st.floats(-720, 720), st.sampled_from([0.0, math.nan])), max_size=4),

@@ -1,9 +1,13 @@
-"""Data for FedGMI: base datasets and the probabilistic-mixture federated scenario."""
+"""Data for FedGMI: base datasets, kinds of inherent distribution (shifts) and the
+probabilistic-mixture federated scenario; :mod:`fedgmi.data.custom` for your own data."""
 
 from fedgmi.data.datasets import (
     DATA_DIR_ENV,
+    DATASET_INFO,
     DATASETS,
     BaseDataset,
+    DatasetInfo,
+    dataset_info,
     load_base_dataset,
     resolve_data_dir,
 )
@@ -17,17 +21,36 @@ from fedgmi.data.scenario import (
     render_components,
     rotate_images,
 )
+from fedgmi.data.shifts import (
+    ClassSkew,
+    Corruption,
+    DatasetUnion,
+    LabelPermutation,
+    Rotation,
+    Shift,
+    Transformed,
+)
 
 __all__ = [
     "DATASETS",
+    "DATASET_INFO",
     "DATA_DIR_ENV",
     "BaseDataset",
+    "ClassSkew",
     "ClientData",
+    "Corruption",
+    "DatasetInfo",
+    "DatasetUnion",
     "GroundTruth",
+    "LabelPermutation",
+    "Rotation",
     "Scenario",
     "ScenarioConfig",
+    "Shift",
+    "Transformed",
     "build_scenario",
     "component_name",
+    "dataset_info",
     "load_base_dataset",
     "render_components",
     "resolve_data_dir",

@@ -1,10 +1,14 @@
 """The probabilistic-mixture federated scenario (FedGMI).
 
-There are ``K`` *inherent distributions* (components): component ``k`` is the base dataset with
-every image rotated by ``angles[k]`` degrees. Each client ``c`` draws mixture proportions
-``pi_c`` (a point of the K-simplex, Dirichlet(alpha) or given explicitly) and a sample count
-``n_c``; its data are ``round(pi_ck * n_c)`` images of each component, split into a training
-and a test part that both follow ``pi_c``.
+There are ``K`` *inherent distributions* (components), made from base datasets by a
+:class:`~fedgmi.data.shifts.Shift` (``scenario.shift``, chosen by ``class_path``): rotation,
+appearance corruption, label permutation, class skew, dataset union, or the user's own
+transforms. ``scenario.angles`` is the shorthand for rotation (component ``k`` is the base
+dataset with every image rotated by ``angles[k]`` degrees) and the default when neither is
+given (``[0, 90, 180]``). Each client ``c`` draws mixture proportions ``pi_c`` (a point of the
+K-simplex, Dirichlet(alpha) or given explicitly) and a sample count ``n_c``; its data are
+``round(pi_ck * n_c)`` samples of each component, split into a training and a test part that
+both follow ``pi_c``.
 
 Every base image is used at most once in the whole scenario (one client, one component, one of
 train/test), so there is no leakage between clients, components or train and test.
@@ -18,18 +22,23 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fedgmi.data.datasets import DATASETS, BaseDataset, load_base_dataset
+from fedgmi.data.datasets import DATASET_INFO, DATASETS, BaseDataset, load_base_dataset
+from fedgmi.data.shifts import Rotation, Shift, check_angles, resize_images, rotate_images
 from fedgmi.errors import ConfigError
 from fedgmi.validation import is_int as _is_int
 from fedgmi.validation import is_real as _is_real
 
 SIMPLEX_TOLERANCE = 1e-6
 """How far from 1 a row of explicit proportions may sum."""
+
+
+DEFAULT_ANGLES = (0.0, 90.0, 180.0)
+"""Rotation of each component when neither ``angles`` nor ``shift`` is given."""
 
 
 @dataclass
@@ -40,8 +49,12 @@ class ScenarioConfig:
         dataset: Base dataset, one of :data:`fedgmi.data.datasets.DATASETS`.
         data_dir: Data folder (``FEDGMI_DATA_DIR`` overrides it; see
             :func:`fedgmi.data.datasets.resolve_data_dir`).
-        download: Whether torchvision may download MNIST.
-        angles: Rotation in degrees (counter-clockwise) of each component; ``K = len(angles)``.
+        download: Whether torchvision may download the dataset(s).
+        angles: Shorthand for ``shift = Rotation(angles)``: rotation in degrees
+            (counter-clockwise) of each component; ``K = len(angles)``. ``None`` with no
+            ``shift``: ``[0, 90, 180]``.
+        shift: The kind of inherent distribution (:mod:`fedgmi.data.shifts`), chosen by
+            ``class_path``; give it or ``angles``, not both.
         num_clients: Number of clients ``C``.
         alpha: Dirichlet concentration of each client's mixture proportions (``alpha * 1_K``).
         proportions: Explicit ``C`` rows of ``K`` proportions; overrides ``alpha``.
@@ -53,13 +66,15 @@ class ScenarioConfig:
             ``None`` raises).
 
     Raises:
-        ConfigError: On construction (and :meth:`validate`) when a field is invalid.
+        ConfigError: On construction (and :meth:`validate`) when a field is invalid, or when the
+            shift does not fit a known dataset (e.g. colour on grey images, K too large).
     """
 
     dataset: str = "mnist"
     data_dir: str | None = None
     download: bool = True
-    angles: list[float] = field(default_factory=lambda: [0.0, 90.0, 180.0])
+    angles: list[float] | None = None
+    shift: Shift | None = None
     num_clients: int = 30
     alpha: float = 0.5
     proportions: list[list[float]] | None = None
@@ -71,9 +86,17 @@ class ScenarioConfig:
         self.validate()
 
     @property
+    def resolved_shift(self) -> Shift:
+        """``shift``, else :class:`~fedgmi.data.shifts.Rotation` of ``angles`` (default
+        ``[0, 90, 180]``)."""
+        if self.shift is not None:
+            return self.shift
+        return Rotation(list(DEFAULT_ANGLES) if self.angles is None else self.angles)
+
+    @property
     def num_components(self) -> int:
         """``K``, the number of inherent distributions."""
-        return len(self.angles)
+        return self.resolved_shift.num_components
 
     def validate(self) -> None:
         """Check every field; the dataset files themselves are checked at build time.
@@ -81,15 +104,12 @@ class ScenarioConfig:
         Raises:
             ConfigError: One line naming the first bad field, its value and what is allowed.
         """
-        if self.dataset not in DATASETS:
-            raise ConfigError(
-                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}"
-            )
+        self._validate_dataset()
         if self.data_dir is not None and not isinstance(self.data_dir, str | os.PathLike):
             raise ConfigError(f"data_dir = {self.data_dir!r} must be a path or None")
         if not isinstance(self.download, bool):
             raise ConfigError(f"download = {self.download!r} must be true or false")
-        self._validate_angles()
+        self._validate_shift()
         if not _is_int(self.num_clients) or self.num_clients < 1:
             raise ConfigError(f"num_clients = {self.num_clients!r} must be an integer >= 1")
         if not _is_real(self.alpha) or not math.isfinite(self.alpha) or self.alpha <= 0:
@@ -103,22 +123,36 @@ class ScenarioConfig:
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise ConfigError(f"seed = {self.seed!r} must be an integer >= 0")
 
-    def _validate_angles(self) -> None:
-        angles = self.angles
-        if not isinstance(angles, Sequence) or isinstance(angles, str) or len(angles) == 0:
-            raise ConfigError(f"angles = {angles!r} must be a non-empty list of degrees")
-        for i, a in enumerate(angles):
-            if not _is_real(a) or not math.isfinite(a):
-                raise ConfigError(f"angles[{i}] = {a!r} must be a finite number of degrees")
-        turns = [float(a) % 360.0 for a in angles]
-        if len(set(turns)) != len(turns):
+    def _validate_dataset(self) -> None:
+        if self.dataset not in DATASETS:
             raise ConfigError(
-                f"angles = {list(angles)!r} repeat a rotation (equal modulo 360); "
-                "every component needs its own angle"
+                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}"
             )
 
+    def _validate_shift(self) -> None:
+        if self.shift is not None:
+            if self.angles is not None:
+                raise ConfigError(
+                    f"angles = {self.angles!r} and shift = {type(self.shift).__name__} are both set; "
+                    "give scenario.shift or scenario.angles (a shorthand for Rotation), not both"
+                )
+            if not isinstance(self.shift, Shift):
+                raise ConfigError(f"shift = {self.shift!r} must be a fedgmi.data.shifts.Shift")
+            self.shift.validate()
+        else:
+            check_angles(list(DEFAULT_ANGLES) if self.angles is None else self.angles, "angles")
+        names = [self.dataset, *self.resolved_shift.other_datasets()]
+        unknown = [n for n in names if n not in DATASET_INFO]
+        if unknown:  # a user's own dataset: checked at build time, against the loaded data
+            if self.dataset in DATASET_INFO:
+                raise ConfigError(f"scenario.shift names unknown dataset(s) {unknown!r}; "
+                                  f"choose from: {', '.join(DATASETS)}")
+            return
+        infos = [DATASET_INFO[n] for n in names]
+        self.resolved_shift.check([i.image_shape for i in infos], [i.num_classes for i in infos], names)
+
     def _validate_proportions(self) -> None:
-        rows, k = self.proportions, len(self.angles)
+        rows, k = self.proportions, self.num_components
         if not isinstance(rows, Sequence) or isinstance(rows, str):
             raise ConfigError(f"proportions = {rows!r} must be a list of rows or None")
         if len(rows) != self.num_clients:
@@ -129,7 +163,7 @@ class ScenarioConfig:
         for i, row in enumerate(rows):
             if not isinstance(row, Sequence) or isinstance(row, str) or len(row) != k:
                 raise ConfigError(
-                    f"proportions[{i}] = {row!r} must have K = {k} entries (one per angle)"
+                    f"proportions[{i}] = {row!r} must have K = {k} entries (one per component)"
                 )
             if not all(_is_real(p) and math.isfinite(p) for p in row):
                 raise ConfigError(f"proportions[{i}] = {list(row)!r} must hold finite numbers")
@@ -178,7 +212,9 @@ class GroundTruth:
         z_train: Per client, ``(n_train,)`` int64 true component of each training sample.
         z_test: Per client, ``(n_test,)`` int64 true component of each test sample.
         base_index_train: Per client, ``(n_train,)`` int64 index of each training sample in
-            the base dataset (for leakage checks).
+            the base dataset (for leakage checks); with several base datasets
+            (:class:`~fedgmi.data.shifts.DatasetUnion`), an index into their concatenation
+            (``scenario.dataset`` first, then ``others``).
         base_index_test: Per client, ``(n_test,)`` int64 base-dataset indices of the test part.
         target_proportions: ``(C, K)`` float64, the proportions each client was drawn with
             (its Dirichlet sample or explicit row) before rounding to whole samples.
@@ -199,10 +235,10 @@ class Scenario:
     Attributes:
         clients: One :class:`ClientData` per client, in client-id order.
         truth: The :class:`GroundTruth` (evaluation only).
-        image_shape: ``(1, H, W)``; rows of ``x_*`` are these images flattened.
+        image_shape: ``(C, H, W)``; rows of ``x_*`` are these images flattened.
         num_components: ``K``.
         num_classes: Number of class labels.
-        component_names: ``K`` names such as ``"rot90"``.
+        component_names: ``K`` names such as ``"rot90"``, ``"noise3"``, ``"shift1"``.
         source: Where the base images came from.
         config: The configuration it was built from.
     """
@@ -238,7 +274,8 @@ class Scenario:
         return "\n".join(
             [
                 f"dataset: {self.config.dataset} ({self.source})",
-                f"components: K={self.num_components} ({', '.join(self.component_names)})",
+                (f"components: K={self.num_components} ({', '.join(self.component_names)}), "
+                 f"{type(self.config.resolved_shift).__name__}"),
                 (
                     f"clients: {self.num_clients}, {lo}..{hi} samples each, "
                     f"test fraction {self.config.test_fraction:g}"
@@ -254,38 +291,53 @@ def component_name(angle: float) -> str:
     return f"rot{float(angle):g}"
 
 
-def build_scenario(config: ScenarioConfig, base: BaseDataset | None = None) -> Scenario:
+def build_scenario(config: ScenarioConfig, base: BaseDataset | None = None,
+                   others: list[BaseDataset] | None = None) -> Scenario:
     """Build the probabilistic-mixture scenario described by ``config``.
 
     Deterministic in ``config.seed``: one :class:`numpy.random.Generator` makes every random
-    choice, in this order: proportions, client sizes, the pool permutation, the shuffles.
+    choice, in this order: proportions, client sizes, the pool (for rotation, corruption and
+    label permutation one permutation of the base dataset; class skew draws its class
+    distributions and classes first), the shuffles. Rendering randomness (corruption noise)
+    is seeded from ``config.seed`` without touching the generator.
 
     Args:
         config: The scenario settings (validated again here).
         base: An already loaded base dataset to reuse (its name must equal
             ``config.dataset``); loaded from ``config`` when ``None``.
+        others: Already loaded datasets of the shift's :meth:`~fedgmi.data.shifts.Shift.
+            other_datasets` (dataset union), in order; loaded when ``None``.
 
     Returns:
         The scenario; client ``x_*`` are ``(n, D)`` float32 in ``[0, 1]``.
 
     Raises:
-        ConfigError: A config field is invalid, the dataset cannot be loaded, ``base`` is a
-            different dataset, or the clients ask for more samples than the dataset holds.
+        ConfigError: A config field is invalid, a dataset cannot be loaded, ``base`` is a
+            different dataset, the shift does not fit the data, or the clients ask for more
+            samples than the dataset holds.
     """
     config.validate()
     if config.seed is None:
         raise ConfigError("seed = None: give the scenario an integer seed (the CLI uses the run's --seed)")
+    shift = config.resolved_shift
     if base is None:
         base = load_base_dataset(config.dataset, config.data_dir, config.download)
     elif base.name != config.dataset:
         raise ConfigError(f"base dataset {base.name!r} does not match dataset = {config.dataset!r}")
+    other_names = shift.other_datasets()
+    if others is None:
+        others = [load_base_dataset(n, config.data_dir, config.download) for n in other_names]
+    elif [o.name for o in others] != other_names:
+        raise ConfigError(f"datasets {[o.name for o in others]!r} do not match the shift's {other_names!r}")
+    bases = [base, *others]
+    shift.check([b.image_shape for b in bases], [b.num_classes for b in bases], [b.name for b in bases])
     rng = np.random.default_rng(config.seed)
     target = _client_proportions(config, rng)
     lo, hi = config.samples_per_client
     totals = rng.integers(lo, hi + 1, size=config.num_clients)
-    _check_demand(int(totals.sum()), base, config)
+    _check_demand(int(totals.sum()), bases, config)
     train_counts, test_counts = _split_counts(target, totals, config.test_fraction)
-    return _assemble(config, base, rng, target, train_counts, test_counts)
+    return _assemble(config, shift, bases, rng, target, train_counts, test_counts)
 
 
 def _client_proportions(config: ScenarioConfig, rng: np.random.Generator) -> np.ndarray:
@@ -297,12 +349,14 @@ def _client_proportions(config: ScenarioConfig, rng: np.random.Generator) -> np.
     return rng.dirichlet(np.full(k, float(config.alpha)), size=config.num_clients)
 
 
-def _check_demand(demand: int, base: BaseDataset, config: ScenarioConfig) -> None:
-    """Refuse a scenario that needs more distinct base images than the dataset holds."""
-    if demand > len(base):
+def _check_demand(demand: int, bases: list[BaseDataset], config: ScenarioConfig) -> None:
+    """Refuse a scenario that needs more distinct base images than the datasets hold."""
+    held = sum(len(b) for b in bases)
+    if demand > held:
+        names = " + ".join(f"{b.name!r} ({b.source})" for b in bases)
         raise ConfigError(
-            f"the scenario asks for {demand} samples but dataset {base.name!r} "
-            f"({base.source}) holds {len(base)}; lower samples_per_client or num_clients"
+            f"the scenario asks for {demand} samples but dataset {names} holds {held}; "
+            "lower samples_per_client or num_clients"
         )
 
 
@@ -335,23 +389,47 @@ def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
     return counts
 
 
+def _render(shift: Shift, bases: list[BaseDataset], z: torch.Tensor, source: torch.Tensor,
+            index: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sample's image ``(N, *output_shape)`` and label ``(N,)``, one batch per
+    (component, source dataset)."""
+    shape = shift.output_shape([b.image_shape for b in bases])
+    x_all = torch.empty((z.numel(), *shape), dtype=torch.float32)
+    y_all = torch.empty(z.numel(), dtype=torch.int64)
+    for k in range(shift.num_components):
+        for b, base in enumerate(bases):
+            mask = (z == k) & (source == b)
+            if not bool(mask.any()):
+                continue
+            images = base.images[index[mask]]
+            if tuple(images.shape[1:]) != tuple(shape):
+                images = resize_images(images, shape)
+            x, y = shift.render(images, base.labels[index[mask]], k, seed)
+            x_all[mask], y_all[mask] = x, y
+    return x_all, y_all
+
+
 def _assemble(
     config: ScenarioConfig,
-    base: BaseDataset,
+    shift: Shift,
+    bases: list[BaseDataset],
     rng: np.random.Generator,
     target: np.ndarray,
     train_counts: np.ndarray,
     test_counts: np.ndarray,
 ) -> Scenario:
-    """Cut the pool into blocks, render the rotations and shuffle each client's parts."""
-    # Blocks in (client, part, component) order take consecutive slices of one permutation of
-    # the base dataset, so no base image is used twice anywhere.
+    """Draw the pool, render the components and shuffle each client's parts."""
+    # Blocks in (client, part, component) order; the shift draws a distinct base image for
+    # every sample (by default consecutive slices of one permutation of the base dataset).
     counts = np.stack([train_counts, test_counts], axis=1)  # (C, 2, K)
-    k = config.num_components
-    z_all = torch.from_numpy(np.repeat(np.tile(np.arange(k), counts.shape[0] * 2), counts.ravel()))
-    pool = torch.from_numpy(rng.permutation(len(base))[: z_all.numel()])
-    x_all = render_components(base.images[pool], z_all, config.angles).flatten(1)
-    labels = base.labels[pool]
+    k = shift.num_components
+    z_np = np.repeat(np.tile(np.arange(k), counts.shape[0] * 2), counts.ravel())
+    source_np, index_np = shift.draw_pool(z_np, [b.labels for b in bases], rng)
+    z_all, source, index = (torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in (z_np, source_np, index_np))
+    x_all, labels = _render(shift, bases, z_all, source, index, config.seed)
+    x_all = x_all.flatten(1)
+    offsets = torch.tensor(np.cumsum([0] + [len(b) for b in bases[:-1]]), dtype=torch.int64)
+    pool = index + offsets[source]  # index into the concatenated base datasets
     segments = counts.sum(axis=2).ravel().tolist()  # sizes of (c, train), (c, test), ...
     parts = []
     for x, y, z, idx in zip(*(t.split(segments) for t in (x_all, labels, z_all, pool))):
@@ -365,11 +443,11 @@ def _assemble(
     return Scenario(
         clients=clients,
         truth=truth,
-        image_shape=tuple(base.images.shape[1:]),
+        image_shape=tuple(shift.output_shape([b.image_shape for b in bases])),
         num_components=k,
-        num_classes=base.num_classes,
-        component_names=[component_name(a) for a in config.angles],
-        source=base.source,
+        num_classes=shift.output_classes([b.num_classes for b in bases]),
+        component_names=shift.component_names(),
+        source="; ".join(b.source for b in bases),
         config=config,
     )
 
@@ -411,26 +489,5 @@ def render_components(
     return out
 
 
-def rotate_images(images: torch.Tensor, angle: float) -> torch.Tensor:
-    """Rotate a batch of images counter-clockwise by ``angle`` degrees, keeping ``(H, W)``.
-
-    Multiples of 90 degrees on square images use :func:`torch.rot90`, which moves pixels exactly
-    (no interpolation) and agrees with torchvision's rotate; other angles use torchvision's
-    bilinear rotate with black fill, clamped to ``[0, 1]``.
-
-    Args:
-        images: ``(N, C, H, W)`` float tensor.
-        angle: Degrees, counter-clockwise.
-
-    Returns:
-        ``(N, C, H, W)`` rotated images.
-    """
-    turns = float(angle) % 360.0
-    square = images.shape[-1] == images.shape[-2]
-    if turns % 90.0 == 0.0 and square:
-        return torch.rot90(images, int(turns // 90.0), dims=(-2, -1)).contiguous()
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as tvf
-
-    rotated = tvf.rotate(images, turns, interpolation=InterpolationMode.BILINEAR, fill=0.0)
-    return rotated.clamp_(0.0, 1.0)
+__all__ = ["ClientData", "GroundTruth", "Scenario", "ScenarioConfig", "build_scenario", "component_name",
+           "render_components", "rotate_images"]

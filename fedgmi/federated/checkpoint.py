@@ -92,10 +92,9 @@ def check_signature(path: str | os.PathLike, saved: dict[str, Any], expected: di
                           f"this run's are {expected['component_sizes']} (another model or K)")
 
 
-SCENARIO_FIELDS = ("dataset", "angles", "num_clients", "alpha", "proportions", "samples_per_client",
-                   "test_fraction", "seed")
-"""The ``scenario`` settings that define the inherent distributions (K = len(angles)) and the
-clients' data; a checkpoint is valid only for the same values."""
+SCENARIO_FIELDS = ("dataset", "num_clients", "alpha", "proportions", "samples_per_client", "test_fraction", "seed")
+"""The ``scenario`` settings that define the clients' data besides the kind of inherent
+distribution (``scenario.shift``, with its K); a checkpoint is valid only for the same values."""
 
 
 def scenario_signature(scenario, seed: int, unseen_fraction: float) -> dict[str, Any]:
@@ -106,6 +105,7 @@ def scenario_signature(scenario, seed: int, unseen_fraction: float) -> dict[str,
     full MNIST instead of its test split)."""
     config = scenario.config
     fields: dict[str, Any] = {f"scenario.{name}": _plain(getattr(config, name)) for name in SCENARIO_FIELDS}
+    fields["scenario.shift"] = describe_shift(config.resolved_shift)
     if config.proportions is not None:
         fields["scenario.alpha"] = None  # explicit proportions override alpha
     digest = hashlib.sha256()
@@ -114,6 +114,15 @@ def scenario_signature(scenario, seed: int, unseen_fraction: float) -> dict[str,
         digest.update(b"|")
     return {**fields, "seed": int(seed), "federation.unseen_fraction": float(unseen_fraction),
             "scenario.data": f"{len(scenario.clients)} clients, sha256 {digest.hexdigest()[:16]}"}
+
+
+def describe_shift(shift) -> str:
+    """The kind of inherent distribution and its settings as one line, e.g.
+    ``Rotation(angles=[0, 90, 180])`` (``scenario.angles`` and the equivalent ``shift`` give
+    the same line)."""
+    settings = {k: _plain(v) for k, v in sorted(vars(shift).items()) if not k.startswith("_")
+                and isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
+    return f"{type(shift).__name__}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
 
 
 def _plain(value: Any) -> Any:

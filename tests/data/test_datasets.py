@@ -26,7 +26,7 @@ def _assert_one_line(err: pytest.ExceptionInfo) -> str:
 
 
 def test_datasets_tuple() -> None:
-    assert DATASETS == ("mnist", "digits")
+    assert DATASETS == ("mnist", "digits", "fashion_mnist", "kmnist", "emnist", "cifar10")
 
 
 def test_digits_shape_range_classes(digits_base) -> None:
