@@ -88,7 +88,7 @@ def test_test_writes_into_a_new_subfolder_and_changes_no_training_file(finished_
     (["--scenario.num_clients", "5"], "scenario.num_clients"),
     (["--scenario.seed", "7"], "scenario.seed"),
     (["--scenario.alpha", "2.0"], "scenario.alpha"),
-    (["--scenario.angles", "[0, 90, 270]"], "scenario.angles"),
+    (["--scenario.angles", "[0, 90, 270]"], "scenario.shift"),
     (["--seed", "3"], "seed"),
 ])
 def test_resume_or_test_against_another_scenario_is_refused_naming_the_field(finished_run, args, field, capsys):
