@@ -18,19 +18,13 @@ line naming the round and the client, keeping every output written so far.
 from __future__ import annotations
 
 import copy
-import importlib
-import inspect
-import itertools
-import math
 import os
-import re
 import signal
 import sys
 import threading
 import time
-import traceback
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning
@@ -43,6 +37,14 @@ import fedgmi
 import fedgmi.algorithms
 from fedgmi import tracking
 from fedgmi.algorithms.gmi import FedGMI
+from fedgmi.config_checks import (
+    check_config_files,
+    check_optimizers,
+    config_error,
+    one_line,
+    summarize_parser_error,
+    warn_unread_fields,
+)
 from fedgmi.data import ScenarioConfig, build_scenario
 from fedgmi.errors import ConfigError
 from fedgmi.federated.channel import Channel
@@ -155,7 +157,7 @@ class FabricConfig:
         try:
             self._fabric(loggers=None)
         except Exception as err:  # noqa: BLE001 - Fabric's own check of the combination
-            raise ConfigError(f"fabric = {asdict(self)} cannot run here: {_one_line(str(err))}") from None
+            raise ConfigError(f"fabric = {asdict(self)} cannot run here: {one_line(str(err))}") from None
 
     def _fabric(self, loggers) -> lightning.Fabric:
         several = self.devices * self.num_nodes > 1
@@ -234,144 +236,6 @@ class Prepared:
     checkpoint: dict | None
 
 
-# ---------------------------------------------------------------------------------------------
-# checks of every input before any work
-
-
-def _subclass_specs(cfg, prefix: str = ""):
-    """(dotted key, class_path, init_args) of every ``class_path``/``init_args`` block in cfg."""
-    if not isinstance(cfg, Namespace):
-        return
-    if isinstance(cfg.get("class_path"), str):
-        yield prefix, cfg.class_path, cfg.get("init_args") or Namespace()
-        cfg, prefix = cfg.get("init_args") or Namespace(), f"{prefix}.init_args"
-    for key, value in vars(cfg).items():
-        if isinstance(value, Namespace):
-            yield from _subclass_specs(value, f"{prefix}.{key}" if prefix else key)
-
-
-def _import(class_path: str):
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-
-
-OPTIMIZER_MESSAGES = {"learning rate": "lr", "epsilon": "eps", "beta": "betas", "weight_decay": "weight_decay",
-                      "momentum": "momentum", "nesterov": "nesterov", "dampening": "dampening"}
-
-
-def check_optimizers(sub_cfg: Namespace) -> None:
-    """Every optimizer in the config (a ``torch.optim.Optimizer`` class_path): its numeric
-    hyperparameters finite, and the optimizer constructible (torch's own range checks, e.g.
-    lr >= 0), tried on one dummy parameter. Raises ConfigError naming the full key."""
-    for key, class_path, init_args in _subclass_specs(sub_cfg):
-        cls = _import(class_path)
-        if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
-            continue
-        args = dict(vars(init_args))
-        for name, value in args.items():
-            values = value if isinstance(value, (list, tuple)) else [value]
-            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-                raise ConfigError(f"{key}.init_args.{name} = {value!r} must be finite")
-        if "lr" in args and isinstance(args["lr"], (int, float)) and args["lr"] <= 0:
-            raise ConfigError(f"{key}.init_args.lr = {args['lr']!r} must be a finite number > 0")
-        try:
-            cls([torch.zeros(1, requires_grad=True)], **args)
-        except (ValueError, TypeError, RuntimeError) as err:
-            message = _one_line(str(err))
-            name = next((n for word, n in OPTIMIZER_MESSAGES.items() if word in message.lower() and n in args),
-                        None)
-            where = f"{key}.init_args.{name} = {args[name]!r}" if name else f"{key} ({class_path})"
-            raise ConfigError(f"{where} is refused by {cls.__name__}: {message}") from None
-
-
-def warn_unread_fields(sub_cfg: Namespace) -> None:
-    """A component VAE's own ``lr`` serves only its standalone ``configure_optimizers``: in a
-    federated run local training uses the algorithm's ``optimizer``. Say so when it was set."""
-    for key, class_path, init_args in _subclass_specs(sub_cfg):
-        cls = _import(class_path)
-        if not key.endswith(".component") or "lr" not in init_args or cls is None:
-            continue
-        default = inspect.signature(cls).parameters.get("lr")
-        if default is not None and init_args.lr != default.default:
-            owner = key.rsplit(".init_args.", 1)[0]
-            print(f"fedgmi: warning: {key}.init_args.lr = {init_args.lr!r} is not used in a federated run "
-                  f"(it is {cls.__name__}'s standalone learning rate); set "
-                  f"{owner}.init_args.optimizer.init_args.lr instead", file=sys.stderr)
-
-
-def _owner_of_error(err: BaseException) -> object | None:
-    """The innermost ``self`` in the error's traceback that is a config object (a section or a
-    class named in the config), to tell which key a bare field name belongs to."""
-    found = None
-    for frame, _ in traceback.walk_tb(err.__traceback__):
-        owner = frame.f_locals.get("self")
-        if owner is not None and not isinstance(owner, (ArgumentParser, Namespace)):
-            found = owner
-    return found
-
-
-FIELD_PHRASES = {"data folder": "data_dir", "MNIST files": "data_dir", "cannot read MNIST": "data_dir"}
-
-
-def qualify(message: str, sub_cfg: Namespace, owner: object | None, section: str | None = None) -> str:
-    """Name the full dotted key in a one-line error (``alpha = -1 ...`` -> ``scenario.alpha =
-    -1 ...``) when the message names a bare field of the object that raised it (``owner``) or
-    of ``section``."""
-    prefix, names = None, []
-    if section is not None:
-        prefix, names = section, [f.name for f in fields(SECTIONS[section])] if is_dataclass(SECTIONS[section]) \
-            else list(inspect.signature(SECTIONS[section]).parameters)
-    elif owner is not None:
-        for key, cls in SECTIONS.items():
-            if isinstance(owner, cls):
-                return qualify(message, sub_cfg, None, key)
-        for key, class_path, init_args in _subclass_specs(sub_cfg):
-            cls = _import(class_path)
-            if cls is not None and type(owner) is cls:
-                prefix, names = f"{key}.init_args", list(vars(init_args))
-                break
-    if prefix is None or message.startswith(prefix + "."):
-        return message
-    for phrase, name in FIELD_PHRASES.items():  # messages about a field that do not name it
-        if phrase in message and name in names:
-            return f"{prefix}.{name}: {message}"
-    for name in sorted(names, key=len, reverse=True):
-        match = re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", message)
-        if match is None:
-            continue
-        if match.start() == 0:
-            return f"{prefix}.{message}"
-        return f"{prefix}.{name}: {message}"
-    return f"{prefix}: {message}"
-
-
-def _config_error(err: BaseException, sub_cfg: Namespace, section: str | None = None) -> ConfigError:
-    return ConfigError(qualify(_one_line(str(err)), sub_cfg, _owner_of_error(err), section))
-
-
-def check_config_files(argv: list[str]) -> None:
-    """Refuse an empty config file, or one that is not a mapping of sections, naming it (what
-    jsonargparse says of those does not)."""
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else (
-            arg.split("=", 1)[1] if arg.startswith("--config=") else None)
-        if path is None or not Path(path).is_file():
-            continue
-        try:
-            content = yaml.safe_load(Path(path).read_text())
-        except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
-            raise ConfigError(f"config file {path!r} is not valid YAML: {_one_line(str(err))}") from None
-        if content is None:
-            raise ConfigError(f"config file {path!r} is empty; give sections such as scenario:, federation:, "
-                              "algorithm: (see configs/)")
-        if not isinstance(content, dict):
-            raise ConfigError(f"config file {path!r} holds a {type(content).__name__}, not a mapping of sections "
-                              "(scenario:, federation:, ...)")
-
-
 def _run_dir_of(ckpt_path: str | None) -> Path | None:
     """The run folder a checkpoint lies in (``<run>/checkpoints/x.ckpt``), if it does."""
     if not ckpt_path:
@@ -397,7 +261,7 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, obje
     try:
         objs = sub_parser.instantiate(sub_cfg)
     except (TypeError, ValueError) as err:  # a component's own check, e.g. a bad init_args value
-        raise _config_error(err, sub_cfg) from None
+        raise config_error(err, sub_cfg, SECTIONS) from None
     objs.fabric.check_available()
     _check_output(cfg.subcommand, sub_cfg)
     checkpoint = load_checkpoint(sub_cfg.ckpt_path) if sub_cfg.get("ckpt_path") else None
@@ -419,7 +283,7 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, obje
             raise ConfigError(f"scenario.data_dir: no {objs.scenario.dataset} under {str(resolve_data_dir(objs.scenario.data_dir))!r} "
                               "(validate neither downloads nor creates folders; fit downloads it there with "
                               "scenario.download = true, or set FEDGMI_DATA_DIR to a folder holding MNIST/raw)") from None
-        raise _config_error(err, sub_cfg, "scenario") from None
+        raise config_error(err, sub_cfg, SECTIONS, "scenario") from None
     objs.federation.clients_per_round(len(scenario.clients))
     if checkpoint is not None:
         check_scenario(sub_cfg.ckpt_path, checkpoint.get("scenario"),
@@ -428,7 +292,7 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, obje
     try:  # builds the components, heads and optimizer factories' inputs once, on the CPU
         copy.deepcopy(objs.algorithm).setup(spec, _cpu_fabric(), sub_cfg.seed)
     except (TypeError, ValueError) as err:
-        raise _config_error(err, sub_cfg) from None
+        raise config_error(err, sub_cfg, SECTIONS) from None
     warn_unread_fields(sub_cfg)
     return objs, scenario, checkpoint
 
@@ -720,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[cfg.subcommand](parser, cfg, console)
         return 0
     except ConfigError as err:
-        print(f"fedgmi: error: {_one_line(str(err))}", file=sys.stderr)
+        print(f"fedgmi: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except Stopped as err:
         print(f"fedgmi: {err}", file=sys.stderr)
@@ -731,43 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # jsonargparse's ArgumentError and friends
         if type(err).__name__ != "ArgumentError":
             raise
-        print(f"fedgmi: error: {summarize_parser_error(str(err))}", file=sys.stderr)
+        print(f"fedgmi: error: {summarize_parser_error(str(err), ALGORITHMS)}", file=sys.stderr)
         return 2
-
-
-def summarize_parser_error(message: str) -> str:
-    """One line from jsonargparse's nested, multi-line error: the full dotted key (nested
-    ``class_path`` blocks joined with ``.init_args.``), the value given and the types expected
-    (``algorithm.init_args.optimizer.init_args.lr = 'x': expected float, Tensor``)."""
-    found = list(re.finditer(r'Parser key "([^"]+)"', message))
-    if not found:
-        return _one_line(message)
-    key = found[0].group(1)
-    for prev, match in itertools.pairwise(found):
-        between = message[prev.end():match.start()]
-        joiner = ".init_args." if ("class_path" in between or "callable class" in between) else "."
-        key += joiner + match.group(1)
-    tail = message[found[-1].end():]
-    value = re.search(r"(?:Given|Got) value: (.*?)(?:\.\s|\.?$|\n)", tail, flags=re.MULTILINE)
-    types = re.findall(r"Expected a <class '([\w.]+)'>", tail)
-    types = [t for t in dict.fromkeys(types) if t != "NoneType"] or types
-    unknown = re.search(r"No action for key \"([^\"]+)\"|Key \"([^\"]+)\" is required", tail)
-    detail = _one_line(tail).lstrip(": ")
-    if "dot import path" in tail and not types:
-        name = re.search(r"dot import path string: (\S+)", tail)
-        given = name.group(1) if name else "?"
-        known = f"; choose one of: {', '.join(ALGORITHMS)} (or a full class path)" if key == "algorithm" else ""
-        return f"{key} = {given!r} is not a class that can be imported{known}"
-    if value and types:
-        return f"{key} = {value.group(1).strip()!r}: expected {' or '.join(dict.fromkeys(types))}"
-    if unknown:
-        return f"{key}: {detail}"
-    return f"{key}: {detail}"[:500]
-
-
-def _one_line(message: str) -> str:
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    return " ".join(lines)[:500]
 
 
 if __name__ == "__main__":
