@@ -31,14 +31,18 @@ class Oracle(ClassifierMixture):
         self.truth = truth
 
     def true_components(self, client_id: int, part: str, n: int) -> torch.Tensor:
-        """(n,) true components of a client's "train" or "test" part.
+        """(n,) true components of a client's "train" or "test" part, or of the "pool" (the test
+        parts of every client, in client order; :mod:`fedgmi.federated.evaluation`).
 
         Raises:
             RuntimeError: no truth attached; ValueError: ``n`` does not match the part's size.
         """
         if getattr(self, "truth", None) is None:
             raise RuntimeError("the Oracle needs attach_ground_truth before use")
-        z = (self.truth.z_train if part == "train" else self.truth.z_test)[int(client_id)]
+        if part == "pool":
+            z = torch.cat(list(self.truth.z_test))
+        else:
+            z = (self.truth.z_train if part == "train" else self.truth.z_test)[int(client_id)]
         if len(z) != n:
             raise ValueError(f"client {client_id} {part} part has {len(z)} samples, got {n}")
         return z.to(self.fabric.device)

@@ -7,6 +7,12 @@ starts from uniform and uses its unlabelled inputs only, no gradient step). Then
 part, each sample is assigned to arg-max_k log pi_ck + evidence_k, and classified by the
 personalised mixture p_c(y | x) = sum_k post_ck(x) p_k(y | x) (labels never used there).
 Mixture scores use one Hungarian matching, found on the training clients.
+
+Generalisation (``evaluation.generalization``): each training client's personalised predictor,
+with its proportions, on the *pool*, the test parts of all clients together (every class any
+client holds; the FedVTC paper's generalisation test, Sec. 5); scored as balanced accuracy (the
+mean of the per-class recalls, scikit-learn's ``balanced_accuracy_score``), so that every class
+of the union counts the same however skewed the clients are.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.metrics import balanced_accuracy_score
 
-from fedgmi.federated.strategy import Strategy
+from fedgmi.federated.strategy import EvaluationHooks, Strategy
+from fedgmi.errors import ConfigError
 from fedgmi.metrics import (
     MixtureScores,
     learned_of_true,
@@ -38,13 +46,19 @@ class EvalConfig:
         estimator: "iwae" (default, tighter) or "elbo".
         num_samples: Importance samples of the estimate.
         proportion_iters: EM iterations when a client re-estimates its proportions.
+        generalization: Also score every training client's personalised predictor on the
+            pooled test parts of all clients (``generalization_accuracy_mean``; see the module
+            docstring). Off by default: it costs one more pass per client.
     """
 
     estimator: str = "iwae"
     num_samples: int = 8
     proportion_iters: int = 20
+    generalization: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.generalization, bool):
+            raise ConfigError(f"evaluation.generalization = {self.generalization!r} must be true or false")
         check_choice("evaluation.estimator", self.estimator, ESTIMATORS)
         check_int("evaluation.num_samples", self.num_samples, 1)
         check_int("evaluation.proportion_iters", self.proportion_iters, 1)
@@ -142,6 +156,10 @@ def evaluate(strategy: Strategy, scenario, config: EvalConfig, seed: int = 0,
         "test_nll": _nanmean(nll),
         "test_nll_bits_per_dim": nats_to_bits_per_dim(_nanmean(nll), int(np.prod(scenario.image_shape))),
     }
+    if config.generalization:
+        gen_acc = generalization_accuracy(strategy, scenario, config, {c: outs[c]["pi"] for c in seen_ids}, gen)
+        metrics["generalization_accuracy_mean"] = float(gen_acc.mean())
+        metrics["generalization_accuracy_p10"] = float(np.percentile(gen_acc, 10))
     if unseen:
         ids = sorted(unseen)
         _, tv, _ = proportion_errors(est[ids], true_pi[ids], scores.mapping)
@@ -149,6 +167,37 @@ def evaluate(strategy: Strategy, scenario, config: EvalConfig, seed: int = 0,
             [outs[c]["personal_correct"].float().mean().item() for c in ids]))
         metrics["unseen_proportion_error_tv"] = tv
     return Evaluation(metrics, scores.mapping, est, table, client_model, nll)
+
+
+#: The ``part`` name of the pooled test parts of all clients (see :func:`generalization_accuracy`).
+POOL = "pool"
+
+
+@torch.no_grad()
+def generalization_accuracy(strategy: Strategy, scenario, config: EvalConfig, proportions: dict[int, torch.Tensor],
+                            gen: torch.Generator) -> np.ndarray:
+    """Balanced accuracy of each client's personalised predictor on the pool (the test parts of
+    every client of ``scenario``, in client order), with its proportions (paper: FedVTC, Sec. 5,
+    tests on the union of the clients' classes; here: that union is the pool, every class
+    weighted equally).
+
+    Args:
+        proportions: Client id -> (K,) its proportions, for the clients to score.
+
+    Returns:
+        (len(proportions),) balanced accuracies in [0, 1], in the order of ``proportions``.
+    """
+    x = torch.cat([c.x_test for c in scenario.clients])  # (N_pool, D)
+    y = torch.cat([c.y_test for c in scenario.clients]).numpy()
+    settings = (config.estimator, config.num_samples, gen)
+    shared = type(strategy).client_component_outputs is EvaluationHooks.client_component_outputs
+    outputs = strategy.component_outputs(x, *settings) if shared else None  # the same for every client
+    scores = []
+    for cid, pi in proportions.items():
+        lp, clp = outputs if shared else strategy.client_component_outputs(cid, POOL, x, *settings)
+        predicted = mixture_predict(pi.to(lp.device).log(), lp, clp).argmax(1).cpu().numpy()
+        scores.append(balanced_accuracy_score(y, predicted))
+    return np.array(scores)
 
 
 def attach_truth(strategy: Strategy, scenario) -> None:

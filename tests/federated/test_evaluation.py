@@ -68,3 +68,28 @@ def test_unseen_clients_recover_their_proportions_from_unlabelled_data():
     assert m["unseen_client_accuracy_mean"] == pytest.approx(1.0)
     nll = -torch.distributions.Normal(0.0, 1.0).log_prob(torch.randn(200000)).sum().item() / 100000
     assert m["test_nll"] == pytest.approx(nll, abs=0.05)  # 2-D standard normal entropy, nats
+
+
+def test_generalization_is_balanced_accuracy_of_each_clients_predictor_on_the_pooled_test_parts():
+    from fedgmi.federated.evaluation import generalization_accuracy
+
+    scenario = make_scenario([[0.95, 0.05], [0.9, 0.1]], n=500)  # the pool is ~92% class 0
+    y_pool = torch.cat([c.y_test for c in scenario.clients])
+    assert 0.85 < (y_pool == 0).float().mean() < 0.97
+    pis = {0: torch.tensor([1.0, 0.0]), 1: torch.tensor([0.5, 0.5])}
+    scores = generalization_accuracy(GaussianMixtureStrategy(), scenario, EvalConfig(), pis, torch.Generator())
+    # client 0 trusts component 0 only: it always says class 0, so it gets one class of two right (0.5),
+    # though its plain accuracy on the pool would be ~0.92; client 1 separates the two Gaussians
+    # (6 sqrt(2) apart) all but perfectly
+    assert scores[0] == pytest.approx(0.5)
+    assert scores[1] > 0.99
+
+
+def test_generalization_metrics_appear_only_when_asked():
+    scenario = make_scenario([[0.8, 0.2], [0.3, 0.7]], n=300)
+    off = evaluate(GaussianMixtureStrategy(), scenario, EvalConfig()).metrics
+    on = evaluate(GaussianMixtureStrategy(), scenario, EvalConfig(generalization=True)).metrics
+    assert "generalization_accuracy_mean" not in off
+    assert 0.99 < on["generalization_accuracy_mean"] <= 1.0 and on["generalization_accuracy_p10"] <= 1.0
+    with pytest.raises(Exception, match="evaluation.generalization"):
+        EvalConfig(generalization="yes")
