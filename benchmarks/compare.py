@@ -85,6 +85,13 @@ def cell(mean: float, std: float, column: str) -> str:
     return f"{mean:.1f} ± {std:.1f}" if column == "wall_time_s" else f"{mean:.3f} ± {std:.3f}"
 
 
+def table_lines(rows: dict[str, dict[str, tuple[float, float]]], columns: tuple[str, ...]) -> list[str]:
+    """A markdown table: one row per algorithm, a 'mean ± std' cell per column."""
+    lines = ["| algorithm | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    return lines + [f"| {name} | " + " | ".join(cell(*stats[c], c) for c in columns) + " |"
+                    for name, stats in rows.items()]
+
+
 def write_tables(rows: dict[str, dict[str, tuple[float, float]]], out: Path, command: str, seeds: list[int],
                  total_s: float) -> None:
     """<out>.md and <out>.csv."""
@@ -93,8 +100,7 @@ def write_tables(rows: dict[str, dict[str, tuple[float, float]]], out: Path, com
              (f"Seeds {seeds} (``--seed`` and ``--scenario.seed`` varied together); mean ± std over seeds; "
               f"bytes in MB (10^6 bytes); total wall time of the benchmark (all runs back to back) {total_s:.0f} s; "
               "n/a: the method has no mixture (FedAvg, Local)."), "",
-             "| algorithm | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(cell(*stats[c], c) for c in COLUMNS) + " |" for name, stats in rows.items()]
+             *table_lines(rows, COLUMNS)]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     with out.with_suffix(".csv").open("w", newline="") as f:
         writer = csv.writer(f)
