@@ -17,7 +17,7 @@ sum_k pi_ck q_k, so the skew per client is milder than the paper's at the same b
 
 Columns: personalised accuracy (``client_accuracy_mean``/``_p10``: each training client's
 personalised model on its own test part), generalisation accuracy (the same model on the test
-parts of all clients, balanced over classes; :mod:`fedgmi.federated.evaluation`), uplink and
+parts of all clients together; :mod:`fedgmi.federated.evaluation`), uplink and
 downlink bytes (initialisation included) and the in-process wall time.
 """
 
