@@ -94,7 +94,8 @@ def gaussian_kl(mean_q: torch.Tensor, logvar_q: torch.Tensor, mean_p: torch.Tens
 
 
 def vtc_terms(psi: VTCGenerator, z: torch.Tensor, x: torch.Tensor, prior_mean: torch.Tensor,
-              prior_logvar: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              prior_logvar: torch.Tensor,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The VTC's two variational terms on a batch, each (B,) in nats.
 
     reconstruction = -log p(x | v), v = z + sigma (.) eps, under Bernoulli pixels with logits

@@ -20,7 +20,7 @@ from fedgmi.federated.strategy import ProblemSpec
 from tests.helpers import run_client
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = {"local_epochs": 2, "generator_epochs": 1, "feature_dim": 16, "warmup_rounds": 1}
+SMALL = {"local_epochs": 2, "generator_epochs": 1, "feature_dim": 16, "warmup_rounds": 1, "matching_weight": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,8 @@ def test_cnn_and_mlp_clients_train_predict_and_their_statistics_pool_exactly(sce
         assert log_px.shape == (len(client.x_train), 1) and class_lp.shape == (len(client.x_train), 1, 10)
         assert float((class_lp[:, 0].argmax(-1) == client.y_train).float().mean()) > 0.5
     _, replies, metrics = one_round(strategy, scenario, 1, [0, 1])  # statistics known: fine-tuning starts
-    assert all(r.metrics["synthetic_cross_entropy"] > 0 and r.metrics["feature_kl"] > 0 for r in replies)
+    terms = ("synthetic_cross_entropy", "feature_kl", "matching_cross_entropy")
+    assert all(r.metrics[t] > 0 for r in replies for t in terms)
     assert metrics["classes_pooled"] == float((counts > 0).sum())
 
 
