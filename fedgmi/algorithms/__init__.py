@@ -10,10 +10,11 @@ from fedgmi.algorithms.fedem import FedEM
 from fedgmi.algorithms.fedgengmm import FedGenGMM
 from fedgmi.algorithms.fedgmm import FedGMM
 from fedgmi.algorithms.fedsoft import FedSoft
+from fedgmi.algorithms.fedvtc import FedVTC
 from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.algorithms.ifca import IFCA
 from fedgmi.algorithms.local import Local
 from fedgmi.algorithms.oracle import Oracle
 
-__all__ = ["IFCA", "ClassifierMixture", "FedAvg", "FedEM", "FedGMI", "FedGMM", "FedGenGMM", "FedSoft", "Local",
-           "Oracle"]
+__all__ = ["IFCA", "ClassifierMixture", "FedAvg", "FedEM", "FedGMI", "FedGMM", "FedGenGMM", "FedSoft", "FedVTC",
+           "Local", "Oracle"]
