@@ -25,6 +25,7 @@ from fedgmi.models.features import CNNFeatures
 from fedgmi.models.gaussian_classifier import (
     ExtractorFactory,
     NavigatorNet,
+    between_client_variance,
     gaussian_class_log_probs,
     gaussian_joint_log_density,
     kalman_fusion,
@@ -36,13 +37,15 @@ from fedgmi.validation import check_choice, check_number
 STATISTICS = "class_statistics"
 HEAD_COVARIANCES = ("predictive", "posterior")
 NAVIGATOR_COVARIANCES = ("identity", "prior")
+FUSION_VARIANCES = ("between_clients", "global")
 
 
 class PFedGM(ParameterVectorStrategy):
     """pFedGM with a shared extractor, a shared navigator and Kalman-fused Gaussian heads.
 
-    Global state (downlink): theta = [extractor phi, anchors m (Y, d)] and the global prior, the
-    flat :class:`~fedgmi.federated.class_statistics.ClassStatistics` (Y (1 + 2 d) floats).
+    Global state (downlink): theta = [extractor phi, anchors m (Y, d)] and the global prior: the
+    flat :class:`~fedgmi.federated.class_statistics.ClassStatistics` (Y (1 + 2 d) floats) and
+    the between-client variance tau^2 of the class means (Y d floats).
     Uplink: the delta of theta (aggregation weight n_c) and the client's statistics (counted).
 
     Choices (paper: abstract only; here: the reading of /work/shared/methods/generative-pfl.md):
@@ -64,12 +67,18 @@ class PFedGM(ParameterVectorStrategy):
     - Generator: paper: weighted re-sampling of class Gaussians; here: per batch,
       ``synthetic_ratio`` * B features z ~ N(mu_g,c, diag s2_g,c), classes drawn with the
       client's class frequencies, trained with the navigator's loss (anchors only).
-    - Head: :func:`kalman_fusion` of the prior (mean mu_g,c, variance s2_g,c) with the client's
-      mean of n_c samples whose variance is shrunk by one pseudo-sample toward s2_g,c,
-      (n s2_c + s2_g) / (n + 1) (so that one sample does not give a zero variance);
-      ``head_covariance="predictive"`` predicts with s2_g,c + (1 - K) s2_g,c (the class spread
-      plus the uncertainty of the mean), ``"posterior"`` with (1 - K) s2_g,c (the brief's
-      formula, which collapses as n_c grows).
+    - Head: :func:`kalman_fusion` of the prior mean mu_g,c with the client's mean of n_c
+      samples, whose variance is shrunk by one pseudo-sample toward s2_g,c, (n s2_c + s2_g) /
+      (n + 1) (so that one sample does not give a zero variance). The prior variance of the
+      client's class mean is tau^2_c (``fusion_variance="between_clients"``, default): the
+      server's method-of-moments estimate from the round's statistics
+      (:func:`between_client_variance`; a class fewer than two replies hold keeps its previous
+      tau^2, 0 at first); ``"global"`` uses s2_g,c, the brief's K = Sigma_g (Sigma_g +
+      Sigma_c / n_c)^-1, measured to over-trust a client's ~10 samples per class (rotation,
+      seed 0: personalised accuracy 0.739 against 0.763 for the global head).
+      ``head_covariance="predictive"`` (default) predicts with s2_g,c + (1 - K) tau^2_c (the
+      class spread plus the uncertainty of the mean); ``"posterior"`` with the posterior
+      variance of the mean alone, which collapses as n_c grows (measured: accuracy 0.33).
     - Class prior: :func:`smoothed_log_prior`, the client's counts plus ``prior_strength``
       pseudo-samples at the global class frequencies (Laplace-smoothed, every class > 0).
       Unseen clients: the global prior and the global class frequencies.
@@ -85,6 +94,7 @@ class PFedGM(ParameterVectorStrategy):
         prior_strength: >= 0, pseudo-samples of the class-prior smoothing.
         head_covariance: "predictive" or "posterior".
         navigator_covariance: "identity" or "prior".
+        fusion_variance: "between_clients" or "global".
         variance_floor: > 0, smallest variance of the heads and the navigator.
         aggregation: "sampled" or "all_clients" (see ParameterVectorStrategy).
 
@@ -98,7 +108,8 @@ class PFedGM(ParameterVectorStrategy):
     def __init__(self, extractor: ExtractorFactory | None = None, optimizer: OptimizerFactory | None = None,
                  local_epochs: int = 5, batch_size: int = 64, compactness: float = 0.1, margin: float = 1.0,
                  synthetic_ratio: float = 1.0, prior_strength: float = 1.0, head_covariance: str = "predictive",
-                 navigator_covariance: str = "identity", variance_floor: float = 1e-4,
+                 navigator_covariance: str = "identity", fusion_variance: str = "between_clients",
+                 variance_floor: float = 1e-4,
                  aggregation: str = "sampled", optimizer_state: str = "fresh") -> None:
         self.training = LocalTraining(local_epochs, batch_size, optimizer, 0.0, optimizer_state)
         self.aggregation = check_aggregation("algorithm.init_args.aggregation", aggregation)
@@ -109,6 +120,8 @@ class PFedGM(ParameterVectorStrategy):
             raise ConfigError(f"algorithm.init_args.variance_floor = {variance_floor!r} must be > 0")
         check_choice("algorithm.init_args.head_covariance", head_covariance, HEAD_COVARIANCES)
         check_choice("algorithm.init_args.navigator_covariance", navigator_covariance, NAVIGATOR_COVARIANCES)
+        check_choice("algorithm.init_args.fusion_variance", fusion_variance, FUSION_VARIANCES)
+        self.fusion_variance = fusion_variance
         self.extractor_factory = extractor or CNNFeatures
         self.compactness, self.margin, self.synthetic_ratio = float(compactness), float(margin), float(synthetic_ratio)
         self.prior_strength, self.variance_floor = float(prior_strength), float(variance_floor)
@@ -120,7 +133,7 @@ class PFedGM(ParameterVectorStrategy):
         return NavigatorNet(self.extractor_factory(self.spec.image_shape), self.spec.num_classes)
 
     def setup(self, spec: ProblemSpec, fabric, seed: int) -> None:
-        """theta from the seed; an empty prior (counts 0, means 0, variances 1)."""
+        """theta from the seed; an empty prior (counts 0, means 0, variances 1, tau^2 0)."""
         super().setup(spec, fabric, seed)
         model = self.build_model()
         self.feature_dim = model.anchors.shape[1]
@@ -128,16 +141,22 @@ class PFedGM(ParameterVectorStrategy):
         self.worker = ClientWorker(fabric, model, self.training)
         y, d = spec.num_classes, self.feature_dim
         empty = ClassStatistics(torch.zeros(y), torch.zeros(y, d), torch.ones(y, d))
-        self._global = [theta.to(fabric.device), empty.flat().to(fabric.device)]
+        self._global = [theta.to(fabric.device), torch.cat([empty.flat(), torch.zeros(y * d)]).to(fabric.device)]
 
     def statistics(self, flat: torch.Tensor) -> ClassStatistics:
         """The :class:`ClassStatistics` of a flat vector of this problem."""
         return ClassStatistics.from_flat(flat, self.spec.num_classes)
 
+    def prior_of(self, vector: torch.Tensor) -> tuple[ClassStatistics, torch.Tensor]:
+        """The pooled class statistics and the (Y, d) tau^2 of a prior vector (Y (1 + 3 d),)."""
+        y, d = self.spec.num_classes, self.feature_dim
+        stats, tau2 = vector.split([y * (1 + 2 * d), y * d])
+        return self.statistics(stats), tau2.reshape(y, d)
+
     @property
-    def prior(self) -> ClassStatistics:
-        """The server's global prior (pooled class statistics)."""
-        return self.statistics(self._global[1])
+    def prior(self) -> tuple[ClassStatistics, torch.Tensor]:
+        """The server's global prior: pooled class statistics and tau^2."""
+        return self.prior_of(self._global[1])
 
     def configure_round(self, round_idx: int, client_ids: Sequence[int]) -> list[ClientTask]:
         """theta and the prior down; one update (theta's delta) expected back."""
@@ -155,13 +174,16 @@ class PFedGM(ParameterVectorStrategy):
         return self.round_metrics(replies)
 
     def updated_prior(self, parts: Sequence[ClassStatistics]) -> torch.Tensor:
-        """(Y (1 + 2 d),) the pooled statistics of ``parts``, where they have samples; else the
-        current prior's entries."""
-        new, old = ClassStatistics.pooled([p for p in parts]), self.prior
+        """(Y (1 + 3 d),) the pooled statistics of ``parts`` where they have samples, tau^2
+        where it is estimable; else the current prior's entries."""
+        (old, old_tau2), new = self.prior, ClassStatistics.pooled(list(parts))
+        tau2, ok = between_client_variance(*(torch.stack([getattr(p, k) for p in parts])
+                                             for k in ("counts", "means", "variances")))
         has = new.counts > 0
         keep = ClassStatistics(torch.where(has, new.counts, old.counts), torch.where(has[:, None], new.means, old.means),
                                torch.where(has[:, None], new.variances, old.variances))
-        return keep.flat().to(self._global[1])
+        tau2 = torch.where(ok[:, None], tau2.to(old_tau2), old_tau2)
+        return torch.cat([keep.flat(), tau2.reshape(-1)]).to(self._global[1])
 
     # ------------------------------------------------------------------ heads
     def global_frequencies(self, prior: ClassStatistics) -> torch.Tensor:
@@ -180,15 +202,19 @@ class PFedGM(ParameterVectorStrategy):
             return torch.ones_like(prior.variances[0])
         return (prior.counts[:, None] * prior.variances).sum(0) / prior.counts.sum()
 
-    def head(self, prior: ClassStatistics, local: ClassStatistics | None) -> tuple[torch.Tensor, ...]:
+    def head(self, prior: tuple[ClassStatistics, torch.Tensor], local: ClassStatistics | None
+             ) -> tuple[torch.Tensor, ...]:
         """A client's Gaussian head: (Y, d) means, (Y, d) variances and (Y,) log class prior
-        (see the class docstring); ``local`` None: the global head."""
+        (see the class docstring) from the prior (statistics, tau^2); ``local`` None: the
+        global head."""
+        prior, tau2 = prior
         prior_var, freq = self.prior_variances(prior), self.global_frequencies(prior)
         if local is None:
             return prior.means, prior_var, freq.log()
         n = local.counts[:, None]
         local_var = (n * local.variances + prior_var) / (n + 1)
-        means, post = kalman_fusion(prior.means, prior_var, local.means, local_var, local.counts)
+        mean_var = tau2 if self.fusion_variance == "between_clients" else prior_var
+        means, post = kalman_fusion(prior.means, mean_var, local.means, local_var, local.counts)
         var = prior_var + post if self.head_covariance == "predictive" else post.clamp_min(self.variance_floor)
         return means, var, smoothed_log_prior(local.counts, freq, self.prior_strength)
 
@@ -223,7 +249,7 @@ class PFedGM(ParameterVectorStrategy):
         device = self.fabric.device
         gen = torch.Generator(device).manual_seed(task.seed)
         x, y = data.x_train.to(device), data.y_train.to(device)
-        theta, prior = task.global_state[0], self.statistics(task.global_state[1])
+        theta, (prior, _) = task.global_state[0], self.prior_of(task.global_state[1])
         loss = self.local_loss(prior, torch.bincount(y, minlength=self.spec.num_classes).float())
         local = self.worker.train(theta, x, y, torch.ones(len(x), device=device), gen, loss, "navigator", state)
         stats = ClassStatistics.of(self.features(x, local.theta), y, self.spec.num_classes).flat()

@@ -45,6 +45,39 @@ def kalman_fusion(prior_mean: torch.Tensor, prior_var: torch.Tensor, local_mean:
     return prior_mean + gain * (local_mean - prior_mean), (1 - gain) * prior_var
 
 
+def between_client_variance(counts: torch.Tensor, means: torch.Tensor,
+                            variances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variance of the clients' class means around the pooled mean, net of sampling noise: the
+    method-of-moments estimate of a one-way random-effects model (ANOVA; e.g. Searle, Casella
+    and McCulloch, Variance Components, 1992, sec. 3.5), per class and dimension.
+
+    paper: a Kalman gain with the global distribution as prior, its variance not stated; here:
+    the prior variance of a client's class mean is this tau^2 (empirical Bayes), so that the
+    gain measures how much clients' class means really differ. With P_c clients holding class
+    c, N_c = sum_p n_pc samples: MSB = sum_p n_pc (mu_pc - mu_c)^2 / (P_c - 1), MSW = sum_p n_pc
+    s2_pc / (N_c - P_c), n0 = (N_c - sum_p n_pc^2 / N_c) / (P_c - 1), tau^2 = max(0, (MSB -
+    MSW) / n0).
+
+    Args:
+        counts: (P, Y) samples per client and class; means, variances: (P, Y, d) the clients'
+            class means and population variances.
+
+    Returns:
+        (Y, d) tau^2 (0 where not estimable) and (Y,) bool, where it is estimable (P_c >= 2
+        and N_c > P_c).
+    """
+    n = counts.double()  # (P, Y)
+    holders, total = (n > 0).sum(0).double(), n.sum(0)  # (Y,), (Y,)
+    ok = (holders >= 2) & (total > holders)
+    safe_total, dof_b, dof_w = total.clamp_min(1), (holders - 1).clamp_min(1), (total - holders).clamp_min(1)
+    pooled = (n[..., None] * means.double()).sum(0) / safe_total[:, None]  # (Y, d)
+    msb = (n[..., None] * (means.double() - pooled) ** 2).sum(0) / dof_b[:, None]
+    msw = (n[..., None] * variances.double()).sum(0) / dof_w[:, None]
+    n0 = (total - (n ** 2).sum(0) / safe_total) / dof_b  # (Y,)
+    tau2 = ((msb - msw) / n0.clamp_min(1e-12)[:, None]).clamp_min(0) * ok[:, None]
+    return tau2.to(means.dtype), ok
+
+
 def gaussian_joint_log_density(z: torch.Tensor, means: torch.Tensor, variances: torch.Tensor,
                                log_prior: torch.Tensor) -> torch.Tensor:
     """log pi_c + log N(z; mu_c, diag(var_c)) for every class c (nats).
