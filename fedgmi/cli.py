@@ -83,7 +83,8 @@ from fedgmi.report import write_plots
 from fedgmi.tracking import LoggingConfig
 from fedgmi.validation import check_choice, check_int
 
-ALGORITHMS = ("FedGMI", "FedAvg", "Local", "IFCA", "FedSoft", "FedEM", "FedGMM", "FedGenGMM", "Oracle", "FedVTC")
+ALGORITHMS = ("FedGMI", "FedAvg", "Local", "IFCA", "FedSoft", "FedEM", "FedGMM", "FedGenGMM", "Oracle", "PFedGM",
+              "FedVTC")
 """Class names ``--algorithm`` takes (each a Strategy imported above)."""
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")

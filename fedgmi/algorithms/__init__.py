@@ -15,6 +15,7 @@ from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.algorithms.ifca import IFCA
 from fedgmi.algorithms.local import Local
 from fedgmi.algorithms.oracle import Oracle
+from fedgmi.algorithms.pfedgm import PFedGM
 
 __all__ = ["IFCA", "ClassifierMixture", "FedAvg", "FedEM", "FedGMI", "FedGMM", "FedGenGMM", "FedSoft", "FedVTC",
-           "Local", "Oracle"]
+           "Local", "Oracle", "PFedGM"]
