@@ -133,17 +133,26 @@ def test_version(capsys):
     assert done.value.code == 0 and capsys.readouterr().out.strip() == "fedgmi 0.1.0"
 
 
+#: Methods in a feature space: they take a feature extractor, not a classifier.
+FEATURE_SPACE = {"PFedGM", "FedVTC"}
+
+
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_every_algorithm_by_class_name_keeps_the_configs_cnn_head(name):
     """jsonargparse keeps the init_args the new class also accepts when only the class changes
-    (its documented rule; the others are dropped), so switching keeps pm_mnist's CNN head."""
+    (its documented rule; the others are dropped), so switching keeps pm_mnist's CNN head (and
+    drops it for the feature-space methods, which have none)."""
     parser = build_parser()
     cfg = parser.parse_args(["fit", "--config", str(ROOT / "configs" / "pm_mnist.yaml"), "--algorithm", name])
     objs = parser._subcommands_action._name_parser_map["fit"].instantiate(cfg.fit)
     assert type(objs.algorithm).__name__ == name
-    head = cfg.fit.algorithm.init_args.classifier
-    assert head.class_path == "fedgmi.models.heads.CNNClassifier" and head.init_args.channels == [8, 16]
-    assert cfg.fit.algorithm.init_args.optimizer.init_args.lr == 0.001
+    init_args = cfg.fit.algorithm.init_args
+    if name in FEATURE_SPACE:
+        assert "classifier" not in init_args
+    else:
+        head = init_args.classifier
+        assert head.class_path == "fedgmi.models.heads.CNNClassifier" and head.init_args.channels == [8, 16]
+    assert init_args.optimizer.init_args.lr == 0.001
 
 
 def test_algorithm_help_by_class_name(capsys):
