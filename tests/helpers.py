@@ -89,3 +89,20 @@ def wandb_history(run_dir, skip=("_", "time/", "plots/", "trainer/")) -> dict[in
             if kept:
                 merged.setdefault(int(row["_step"]), {}).update(kept)
     return merged
+
+
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (benchmarks/ is on sys.path, as when it runs as a
+    script, so that one benchmark can import another)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -2,19 +2,17 @@
 is already there, so nothing is run again)."""
 
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
+
+from tests.helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_compare():
-    spec = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compare")
 
 
 def test_table_of_finished_runs_mean_std_and_na(tmp_path):

@@ -1,23 +1,17 @@
 """benchmarks/throughput.py: its floor does exactly fedgmi's work, and its naive way's
 torchvision-style dataset yields the client's own tensors."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import torch
 
-from tests.helpers import digits_scenario, make_fedgmi
+from tests.helpers import digits_scenario, load_benchmark, make_fedgmi
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_throughput():
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["throughput"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("throughput")
 
 
 def test_floor_client_computes_fedgmis_updates_and_counts_the_samples_it_trains(digits_base):

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedgmi.federated.strategy import EvaluationHooks, Strategy
 from fedgmi.errors import ConfigError
+from fedgmi.federated.strategy import EvaluationHooks, Strategy
 from fedgmi.metrics import (
     MixtureScores,
     learned_of_true,
