@@ -11,12 +11,8 @@ from tests.helpers import load_benchmark
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_generative():
-    return load_benchmark("generative")
-
-
 def test_one_table_per_block_from_finished_runs(tmp_path):
-    gen = load_generative()
+    gen = load_benchmark("generative")
     runs = tmp_path / "runs"
     for block in ("dir0.1", "rotation"):
         for row in ("pFedGM", "FedGMI (joint)"):
@@ -42,6 +38,6 @@ def test_one_table_per_block_from_finished_runs(tmp_path):
 
 
 def test_every_row_has_a_config():
-    gen = load_generative()
+    gen = load_benchmark("generative")
     missing = [stem for stem, _ in gen.ROWS.values() if not (ROOT / "configs" / f"{stem}.yaml").is_file()]
     assert not missing, missing
