@@ -289,7 +289,7 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, obje
     if checkpoint is not None:
         check_scenario(sub_cfg.ckpt_path, checkpoint.get("scenario"),
                        scenario_signature(scenario, sub_cfg.seed, objs.federation.unseen_fraction))
-    spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes, len(scenario.clients))
+    spec = ProblemSpec.of(scenario, objs.algorithm)
     try:  # builds the components, heads and optimizer factories' inputs once, on the CPU
         copy.deepcopy(objs.algorithm).setup(spec, _cpu_fabric(), sub_cfg.seed)
     except (TypeError, ValueError) as err:
@@ -380,8 +380,7 @@ def prepare(parser: ArgumentParser, cfg: Namespace) -> Prepared:
     run = RunDirectory(fabric.broadcast(str(path), src=0))  # the same folder on every rank
     lightning.seed_everything(sub_cfg.seed, verbose=False)
     train_ids, unseen_ids = objs.federation.split_clients(len(scenario.clients))
-    spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes, len(scenario.clients),
-                       train_examples=sum(len(scenario.clients[c].x_train) for c in train_ids))
+    spec = ProblemSpec.of(scenario, objs.algorithm, sum(len(scenario.clients[c].x_train) for c in train_ids))
     objs.algorithm.setup(spec, fabric, sub_cfg.seed)
     if checkpoint is not None:
         signature = strategy_signature(objs.algorithm.name, objs.algorithm.global_state)

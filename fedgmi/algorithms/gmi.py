@@ -106,6 +106,9 @@ class FedGMI(ParameterVectorStrategy):
             "all_clients" (see :class:`~fedgmi.federated.strategy.ParameterVectorStrategy`).
         optimizer_state: "fresh" (default) or "per_client" (each client keeps its optimizer
             state per component between rounds; see :class:`~fedgmi.federated.worker.LocalTraining`).
+        num_components: K, the number of components to learn; None (default) = the
+            scenario's true K. It may differ from the truth: the mixture scores then map learned
+            to true components many-to-one (see :mod:`fedgmi.metrics.mixture_scores`).
 
     Raises:
         ConfigError: an out-of-range value or unknown option name (one line).
@@ -134,8 +137,12 @@ class FedGMI(ParameterVectorStrategy):
         topic_restarts: int = 20,
         aggregation: str = "sampled",
         optimizer_state: str = "fresh",
+        num_components: int | None = None,
     ) -> None:
         check_rule(responsibility, temperature)
+        if num_components is not None:
+            check_int("algorithm.init_args.num_components", num_components, 1)
+        self.num_components = num_components
         for name, value, allowed in [("init", init, INITS), ("estep", estep, ESTEPS),
                                      ("estimator", estimator, ESTIMATORS)]:
             check_choice(f"algorithm.init_args.{name}", value, allowed)

@@ -62,6 +62,14 @@ class ProblemSpec:
     num_clients: int
     train_examples: int | None = None
 
+    @classmethod
+    def of(cls, scenario: Any, strategy: "Strategy", train_examples: int | None = None) -> "ProblemSpec":
+        """The spec of ``scenario`` for ``strategy``: K is the strategy's
+        :attr:`Strategy.num_components` when set (learned K may differ from the scenario's true
+        K), else the scenario's."""
+        k = strategy.num_components or scenario.num_components
+        return cls(tuple(scenario.image_shape), int(k), scenario.num_classes, len(scenario.clients), train_examples)
+
 
 @dataclass(frozen=True)
 class Initialization:
@@ -87,6 +95,9 @@ class Strategy(ABC):
     #: Every client's state, keyed by client id; written by the loop only (from the second
     #: value :meth:`client_update` returns and from :attr:`Initialization.client_states`).
     client_state: dict[int, ClientState]
+    #: Number of components to learn; None (default) = the scenario's true K. An algorithm
+    #: with components exposes it as its ``num_components`` setting.
+    num_components: int | None = None
 
     @property
     def name(self) -> str:

@@ -186,7 +186,6 @@ def client_side(config: str, overrides: tuple[str, ...]) -> ClientSide:
     seed = int(cfg.fit.seed)
     lightning.seed_everything(seed, verbose=False)
     train_ids, _ = objs.federation.split_clients(len(scenario.clients))
-    spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes, len(scenario.clients),
-                       train_examples=sum(len(scenario.clients[c].x_train) for c in train_ids))
+    spec = ProblemSpec.of(scenario, objs.algorithm, sum(len(scenario.clients[c].x_train) for c in train_ids))
     objs.algorithm.setup(spec, fabric, seed)
     return ClientSide(objs.algorithm, scenario, seed)
