@@ -2,7 +2,7 @@
 ``torch.func.functional_call`` and ``vmap``? Prints JSON.
 
     python benchmarks/client_loop.py                 # real MNIST clients (FEDGMI_DATA_DIR)
-    python benchmarks/client_loop.py --head cnn      # configs/pm_mnist.yaml's CNN heads
+    python benchmarks/client_loop.py --head cnn      # configs/pm_mnist_paper.yaml's CNN heads
 
 Both run the local training of one FedGMI VAE round (after ``--warmup_rounds`` topic-model
 rounds, so the responsibilities are those of a real run) over the same clients:

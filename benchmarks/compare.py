@@ -3,10 +3,11 @@
     python benchmarks/compare.py --algorithms fedgmi fedavg local ifca fedsoft fedem fedgmm \
         fedgengmm oracle --seeds 0 1 2 --extra="--federation.unseen_fraction 0.2"
 
-Algorithm ``name`` runs ``configs/pm_mnist_<name>.yaml`` (``fedgmi``: ``configs/pm_mnist.yaml``;
+Algorithm ``name`` runs ``configs/pm_mnist_<name>.yaml`` (``fedgmi``: ``configs/pm_mnist.yaml``,
+``fedgmi_joint``: ``configs/pm_mnist_joint.yaml``;
 ``--config_prefix`` changes the stem); ``name:rule`` runs it with the server rule
 ``--algorithm.init_args.aggregation rule`` (row ``name (rule)``). One ``fedgmi fit`` subprocess at a time with
-OMP_NUM_THREADS=1, for every seed, varying ``--seed`` and ``--scenario.seed`` together (so each
+OMP_NUM_THREADS=1 (``--jobs`` at a time: each run's wall time is then shared-machine time), for every seed, varying ``--seed`` and ``--scenario.seed`` together (so each
 seed is a new scenario draw and a new training seed, the same for every algorithm). Each run's
 ``metrics.json`` is kept under ``--runs_dir/<prefix>-<name>-seed<s>``; a run whose metrics.json
 exists is not run again. The total wall time is the sum of every run's process time (the
@@ -26,13 +27,15 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("assignment_accuracy", "proportion_error_tv", "client_accuracy_mean", "client_accuracy_p10",
-           "unseen_client_accuracy_mean", "bytes_up", "bytes_down", "wall_time_s")
+           "unseen_client_accuracy_mean", "component_accuracy_diag_min", "component_accuracy_offdiag_max",
+           "bytes_up", "bytes_down", "init_exchanges", "wall_time_s")
 
 
 def split_variant(entry: str) -> tuple[str, str, list[str]]:
@@ -44,8 +47,11 @@ def split_variant(entry: str) -> tuple[str, str, list[str]]:
 
 
 def config_path(prefix: str, name: str) -> Path:
-    """configs/<prefix>.yaml for FedGMI, configs/<prefix>_<name>.yaml for a peer."""
-    return ROOT / "configs" / (f"{prefix}.yaml" if name == "fedgmi" else f"{prefix}_{name}.yaml")
+    """configs/<prefix>.yaml for FedGMI, configs/<prefix>_<mode>.yaml for ``fedgmi_<mode>``
+    (e.g. ``fedgmi_joint``), configs/<prefix>_<name>.yaml for a peer."""
+    if name == "fedgmi":
+        return ROOT / "configs" / f"{prefix}.yaml"
+    return ROOT / "configs" / f"{prefix}_{name.removeprefix('fedgmi_')}.yaml"
 
 
 def run_one(config: Path, seed: int, out: Path, extra: list[str]) -> tuple[dict, float]:
@@ -93,12 +99,14 @@ def table_lines(rows: dict[str, dict[str, tuple[float, float]]], columns: tuple[
 
 
 def write_tables(rows: dict[str, dict[str, tuple[float, float]]], out: Path, command: str, seeds: list[int],
-                 total_s: float) -> None:
+                 total_s: float, jobs: int = 1) -> None:
     """<out>.md and <out>.csv."""
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# Benchmark: {out.stem}", "", "Made with:", "", f"    {command}", "",
              (f"Seeds {seeds} (``--seed`` and ``--scenario.seed`` varied together); mean ± std over seeds; "
-              f"bytes in MB (10^6 bytes); total wall time of the benchmark (all runs back to back) {total_s:.0f} s; "
+              f"bytes in MB (10^6 bytes); total wall time of the benchmark (all runs back to back) {total_s:.0f} s"
+              + (f" ({jobs} runs at a time on a shared machine: wall_time_s compares within the table only)" if jobs > 1 else "")
+              + "; "
               "n/a: the method has no mixture (FedAvg, Local)."), "",
              *table_lines(rows, COLUMNS)]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -117,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--extra", default="", help="extra fedgmi fit arguments for every run (one string)")
     parser.add_argument("--runs_dir", default="runs/benchmark")
     parser.add_argument("--out", default="benchmarks/results/pm_mnist")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (1: wall times from an idle machine)")
     args = parser.parse_args(argv)
     command = "python benchmarks/compare.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     variants = {row: (config_path(args.config_prefix, name), extra)
@@ -125,19 +134,25 @@ def main(argv: list[str] | None = None) -> dict:
     if missing:
         parser.error(f"no config for: {', '.join(missing)}")
     started = time.perf_counter()
+    jobs = [(seed, name) for seed in args.seeds for name in variants]  # every algorithm for one seed, then the next
+
+    def run(job: tuple[int, str]) -> tuple[dict, float]:
+        seed, name = job
+        config, variant = variants[name]
+        folder = name.replace(" (", "-").rstrip(")")
+        out = ROOT / args.runs_dir / f"{args.config_prefix}-{folder}-seed{seed}"
+        done = run_one(config, seed, out, [*variant, *shlex.split(args.extra)])
+        print(f"done {name} seed {seed} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+        return done
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        finished = list(pool.map(run, jobs))
     results: dict[str, list[dict]] = {row: [] for row in variants}
-    run_times = []
-    for seed in args.seeds:  # every algorithm for one seed, then the next seed
-        for name, (config, variant) in variants.items():
-            folder = name.replace(" (", "-").rstrip(")")
-            out = ROOT / args.runs_dir / f"{args.config_prefix}-{folder}-seed{seed}"
-            metrics, elapsed = run_one(config, seed, out, [*variant, *shlex.split(args.extra)])
-            results[name].append(metrics)
-            run_times.append(elapsed)
-            print(f"done {name} seed {seed} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
-    total = float(np.sum(run_times))  # every run's process, back to back
+    for (_, name), (metrics, _) in zip(jobs, finished):
+        results[name].append(metrics)
+    total = float(np.sum([elapsed for _, elapsed in finished]))  # every run's process, back to back
     rows = {name: {c: summarise([m.get(c) for m in runs]) for c in COLUMNS} for name, runs in results.items()}
-    write_tables(rows, ROOT / args.out, command, args.seeds, total)
+    write_tables(rows, ROOT / args.out, command, args.seeds, total, args.jobs)
     summary = {"total_wall_time_s": total, "this_invocation_s": time.perf_counter() - started,
                "seeds": args.seeds, "table": rows}
     print(json.dumps(summary, indent=2))

@@ -1,7 +1,7 @@
 """The same run on one process and on several CPU processes (gloo): is the global model the
 same, and how long does each take? Prints JSON.
 
-    python benchmarks/distributed.py --config configs/pm_mnist.yaml --rounds 3 --devices 2
+    python benchmarks/distributed.py --config configs/pm_mnist_paper.yaml --rounds 3 --devices 2
 
 Runs ``fedgmi fit --config CONFIG --federation.rounds R --fabric.accelerator cpu`` with
 ``--fabric.devices 1`` and then ``--fabric.devices N``, one after the other, every process with
@@ -42,7 +42,7 @@ def fit(config: str, rounds: int, devices: int, threads: int, out: Path, extra: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/pm_mnist.yaml")
+    parser.add_argument("--config", default="configs/pm_mnist_paper.yaml")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--devices", type=int, default=2, help="processes of the second run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process")

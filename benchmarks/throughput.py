@@ -2,11 +2,11 @@
 and peak memory against the number of simulated clients. Prints JSON.
 
     python benchmarks/throughput.py                   # real MNIST clients (FEDGMI_DATA_DIR)
-    python benchmarks/throughput.py --head cnn        # configs/pm_mnist.yaml's CNN heads
+    python benchmarks/throughput.py --head cnn        # configs/pm_mnist_paper.yaml's CNN heads
 
 The work timed: the local training of one FedGMI VAE round (E-step, proportions, weighted
 training of K = 3 components: VAE 784-200-10 plus a classifier head) of ``--clients`` MNIST
-clients, after ``--warmup_rounds`` topic-model rounds over them (as ``configs/pm_mnist.yaml``
+clients, after ``--warmup_rounds`` topic-model rounds over them (as ``configs/pm_mnist_paper.yaml``
 does, so that the responsibilities are those of a real run). Ways, each timed ``--repeats``
 times interleaved after one warm-up client (the fastest repeat counts, as in timeit):
 
@@ -62,13 +62,13 @@ DATA_DIR = os.environ.get("FEDGMI_DATA_DIR", "data")
 
 
 HEADS = {"mlp": MLPClassifier,  # FedGMI's default head
-         "cnn": lambda s, y: CNNClassifier(s, y, channels=(8, 16), hidden=64)}  # configs/pm_mnist.yaml's
+         "cnn": lambda s, y: CNNClassifier(s, y, channels=(8, 16), hidden=64)}  # configs/pm_mnist_paper.yaml's
 
 
 def make_strategy(scenario, local_epochs: int, warmup_rounds: int = 0, head: str = "mlp") -> FedGMI:
     """FedGMI with VAE 784-200-10 components and ``head`` (``init="random"`` without warm-up)."""
     strategy = FedGMI(component=lambda s: ComponentVAE(s, hidden_dims=(200,), latent_dim=10),
-                      classifier=HEADS[head], head_min_responsibility=0.99, local_epochs=local_epochs,
+                      classifier=HEADS[head], classifier_sharing="separate", head_min_responsibility=0.99, local_epochs=local_epochs,
                       init="topic" if warmup_rounds else "random", warmup_rounds=warmup_rounds)
     spec = ProblemSpec(scenario.image_shape, scenario.num_components, scenario.num_classes, len(scenario.clients))
     strategy.setup(spec, lightning.Fabric(accelerator="cpu", devices=1), seed=0)
@@ -312,7 +312,7 @@ def main() -> None:
                         help="topic-model rounds before the timed VAE round (0: random init)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each way (the fastest counts)")
     parser.add_argument("--head", choices=sorted(HEADS), default="mlp",
-                        help="classifier head: FedGMI's default MLP or configs/pm_mnist.yaml's CNN")
+                        help="classifier head: FedGMI's default MLP or configs/pm_mnist_paper.yaml's CNN")
     parser.add_argument("--total", type=int, default=6000, help="total samples of the memory runs")
     parser.add_argument("--memory_child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()

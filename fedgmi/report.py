@@ -36,13 +36,13 @@ def write_plots(run_dir: Path, strategy, scenario, result, num_images: int = 8, 
         "component_accuracy": plots.plot_component_accuracy(
             result.component_accuracy_matched, result.client_model_accuracy, names, out / "component_accuracy.png"),
     }
-    if not hasattr(strategy, "load_component"):  # peers without VAE components: no image plots
+    if not hasattr(strategy, "load_vae"):  # peers without VAE components: no image plots
         return written
     samples, pairs, labels = [], [], []
     x_test = torch.cat([c.x_test for c in scenario.clients])
     z_test = torch.cat(list(scenario.truth.z_test))
     for t, j in enumerate(learned):
-        vae = strategy.load_component(strategy.global_state[j]).vae
+        vae = strategy.load_vae(j)
         samples.append(vae.sample(num_images, generator=gen).cpu())
         x = x_test[z_test == t][:num_images].to(strategy.fabric.device)
         pairs += [x.reshape(-1, *scenario.image_shape).cpu(), vae.reconstruct(x).cpu()]

@@ -45,18 +45,38 @@ from fedgmi.federated.worker import (
     copy_into_parameters,
     initial_vectors,
 )
+from fedgmi.errors import ConfigError
 from fedgmi.models import ESTIMATORS, ComponentVAE
 from fedgmi.models.component import MixtureComponent
+from fedgmi.models.component_classifiers import (
+    ComponentClassifiers,
+    mixture_of_experts_nll,
+    responsibility_weighted_cross_entropy,
+)
+from fedgmi.models.features import CNNFeatures, MLPFeatures
 from fedgmi.models.heads import MLPClassifier
 from fedgmi.models.personalized import PersonalizedMixture
+from fedgmi.models.vae import mlp
 from fedgmi.validation import check_choice, check_int, check_number
 
 INITS = ("topic", "random")
 ESTEPS = ("label_free", "joint")
+SHARINGS = ("shared_body", "separate")
+HEAD_LOSSES = ("weighted", "mixture")
 
 
 ComponentFactory = Callable[[tuple[int, ...]], ComponentVAE]
 ClassifierFactory = Callable[[tuple[int, ...], int], torch.nn.Module]
+BodyFactory = Callable[[tuple[int, ...]], torch.nn.Module]
+
+
+def default_body(image_shape: Sequence[int]) -> torch.nn.Module:
+    """FedGMI's default classifier body: :class:`~fedgmi.models.features.CNNFeatures` (64
+    features, channels (8, 16): the conv body of ``configs/pm_mnist_paper.yaml``'s CNN) for
+    images of at least 12 x 12, else :class:`~fedgmi.models.features.MLPFeatures` (200-64)."""
+    if len(image_shape) == 3 and min(image_shape[1:]) >= 12:
+        return CNNFeatures(image_shape, feature_dim=64, channels=(8, 16))
+    return MLPFeatures(image_shape, feature_dim=64, hidden_dims=(200,))
 
 
 class FedGMI(ParameterVectorStrategy):
@@ -67,9 +87,27 @@ class FedGMI(ParameterVectorStrategy):
             ``ComponentVAE(hidden_dims=(200,), latent_dim=10)``. In config:
             ``class_path``/``init_args`` without ``image_shape``. On the MNIST scenario a
             400-20 VAE scores about the same at 1.25x the time (measured in the README).
-        classifier: Builds one component's head from (image_shape, num_classes); default
-            ``MLPClassifier`` 784-200-10. In config: ``class_path``/``init_args`` without
-            those two.
+        classifier_sharing: How the K class predictors p_k(y | x) are built
+            (:mod:`fedgmi.models.component_classifiers`). "shared_body" (default): a body
+            z = body(x), trained by every client on all its samples and averaged with weights
+            n_c (FedAvg), and K small heads on z, trained with the responsibilities and
+            averaged per component with weights w_ck; the body travels as one more update
+            (index K, aggregation weight n_c). "separate" (the paper's layout): head k is a
+            whole classifier of x (``classifier``) inside component k's vector.
+        body: "shared_body" only: builds the body from the image shape, a module with a
+            ``feature_dim``; default :func:`default_body`.
+        head_hidden: "shared_body" only: hidden width of each head (0 = a linear head).
+        classifier_epochs: "shared_body" only: local epochs of the body and heads per round
+            (``None`` = ``local_epochs``); one pass trains all K heads, so it costs about 1/K
+            of a VAE's epochs.
+        head_loss: "shared_body" only: how the body and heads fit the labels. "weighted":
+            each head's cross-entropy weighted by r_ik
+            (:func:`~fedgmi.models.component_classifiers.responsibility_weighted_cross_entropy`);
+            "mixture": the negative log-likelihood of the personalised prediction
+            sum_k r_ik p_k(y | x) (:func:`~fedgmi.models.component_classifiers.mixture_of_experts_nll`).
+        classifier: "separate" only: builds one component's head from (image_shape,
+            num_classes); default ``MLPClassifier`` 784-200-10. In config:
+            ``class_path``/``init_args`` without those two.
         optimizer: Builds the local optimizer from parameters; default
             Adam(lr=1e-3, fused=True) (fused: measured 7.3 vs 11.9 ms a step on this VAE on
             CPU). A fresh optimizer state is used for every client and component.
@@ -101,6 +139,8 @@ class FedGMI(ParameterVectorStrategy):
         warmup_rounds: Rounds whose responsibilities come from the topic model ("topic").
         topic_clusters: Fine k-means clusters M of the topic initialisation.
         topic_restarts: Random restarts of the federated topic model.
+        topic_iters: EM iterations of each restart (each is one full-participation exchange
+            of K x M numbers per client; see ``init_exchanges``).
         aggregation: Server rule under partial participation, "sampled" (default: the
             DESIGN's step 5, weights w_ck normalised over the sampled clients) or
             "all_clients" (see :class:`~fedgmi.federated.strategy.ParameterVectorStrategy`).
@@ -138,8 +178,20 @@ class FedGMI(ParameterVectorStrategy):
         aggregation: str = "sampled",
         optimizer_state: str = "fresh",
         num_components: int | None = None,
+        classifier_sharing: str = "shared_body",
+        body: BodyFactory | None = None,
+        head_hidden: int = 0,
+        head_loss: str = "weighted",
+        classifier_epochs: int | None = None,
+        topic_iters: int = 200,
     ) -> None:
         check_rule(responsibility, temperature)
+        check_choice("algorithm.init_args.classifier_sharing", classifier_sharing, SHARINGS)
+        check_choice("algorithm.init_args.head_loss", head_loss, HEAD_LOSSES)
+        unused = ("classifier", classifier) if classifier_sharing == "shared_body" else ("body", body)
+        if unused[1] is not None:
+            raise ConfigError(f"algorithm.init_args.{unused[0]} is set but classifier_sharing = "
+                              f"{classifier_sharing!r} does not use it (classifier: separate; body: shared_body)")
         if num_components is not None:
             check_int("algorithm.init_args.num_components", num_components, 1)
         self.num_components = num_components
@@ -149,7 +201,8 @@ class FedGMI(ParameterVectorStrategy):
         for name, value, low in [
             ("num_samples", num_samples, 1), ("proportion_iters", proportion_iters, 1),
             ("warmup_rounds", warmup_rounds, 0), ("topic_clusters", topic_clusters, 2),
-            ("topic_restarts", topic_restarts, 1),
+            ("topic_restarts", topic_restarts, 1), ("topic_iters", topic_iters, 1), ("head_hidden", head_hidden, 0),
+            *([("classifier_epochs", classifier_epochs, 1)] if classifier_epochs is not None else []),
         ]:
             check_int(f"algorithm.init_args.{name}", value, low)
         check_number("algorithm.init_args.label_weight", label_weight, 0)
@@ -159,28 +212,71 @@ class FedGMI(ParameterVectorStrategy):
         self.aggregation = check_aggregation("algorithm.init_args.aggregation", aggregation)
         self.component_factory = component or partial(ComponentVAE, hidden_dims=(200,), latent_dim=10)
         self.classifier_factory = classifier or MLPClassifier
+        self.classifier_sharing, self.head_hidden, self.head_loss = classifier_sharing, head_hidden, head_loss
+        self.classifier_training = dataclasses.replace(
+            self.training, local_epochs=local_epochs if classifier_epochs is None else classifier_epochs)
+        self.body_factory = body or default_body
         self.head_min_responsibility = head_min_responsibility
         self.estep, self.label_weight = estep, label_weight
         self.estimator, self.num_samples = estimator, num_samples
         self.responsibility, self.temperature = responsibility, temperature
         self.proportion_iters, self.min_mass = proportion_iters, min_mass
         self.init, self.warmup_rounds = init, warmup_rounds if init == "topic" else 0
-        self.topic_clusters, self.topic_restarts = topic_clusters, topic_restarts
+        self.topic_clusters, self.topic_restarts, self.topic_iters = topic_clusters, topic_restarts, topic_iters
         self.topic: TopicInit | None = None
 
     # ------------------------------------------------------------------ server side
+    @property
+    def shared_body(self) -> bool:
+        """True in the "shared_body" layout (the body is update K; heads ride with the VAEs)."""
+        return self.classifier_sharing == "shared_body"
+
     def build_component(self) -> MixtureComponent:
-        """A fresh component (VAE and head) for this problem."""
+        """A fresh component module for this problem: the VAE and, in the "separate" layout,
+        its whole classifier; in "shared_body" the VAE only (the heads live in
+        :meth:`build_classifiers`)."""
         spec = self.spec
-        return MixtureComponent(self.component_factory(spec.image_shape),
-                                self.classifier_factory(spec.image_shape, spec.num_classes))
+        head = None if self.shared_body else self.classifier_factory(spec.image_shape, spec.num_classes)
+        return MixtureComponent(self.component_factory(spec.image_shape), head)
+
+    def build_classifiers(self) -> ComponentClassifiers:
+        """The K class predictors as one module, (B, D) -> (B, K, Y) logits: the body and K
+        heads ("shared_body") or K whole classifiers ("separate")."""
+        spec, k = self.spec, self.spec.num_components
+        if not self.shared_body:
+            return ComponentClassifiers([self.classifier_factory(spec.image_shape, spec.num_classes) for _ in range(k)])
+        body = self.body_factory(spec.image_shape)
+        widths = [body.feature_dim, *([self.head_hidden] if self.head_hidden else []), spec.num_classes]
+        return ComponentClassifiers([mlp(widths) for _ in range(k)], body)
 
     def setup(self, spec: ProblemSpec, fabric, seed: int) -> None:
-        """Build K independently initialised components and the client worker."""
+        """Build K independently initialised components (and, "shared_body", the classifiers'
+        body and heads, seeded ``seed * 1000 + K``) and the client workers."""
         super().setup(spec, fabric, seed)
-        states = initial_vectors(self.build_component, spec.num_components, seed)
+        k = spec.num_components
+        states = initial_vectors(self.build_component, k, seed)
         self.worker = ClientWorker(fabric, self.build_component(), self.training)
+        self._vae_size = states[0].numel()
+        if self.shared_body:
+            torch.manual_seed(seed * 1000 + k)
+            self.classifier_worker = ClientWorker(fabric, self.build_classifiers(), self.classifier_training)
+            body, heads = self._split_classifiers(self.classifier_worker.vector())
+            states = [torch.cat([s.to(h.device), h]) for s, h in zip(states, heads)] + [body]
         self._global = [s.to(fabric.device) for s in states]
+
+    def _split_classifiers(self, flat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(P_body + K P_head,) classifier vector -> the body's (P_body,) and K (P_head,) parts."""
+        body_size, head_sizes = self.classifier_worker.module.split_sizes()
+        parts = flat.split([body_size, *head_sizes])
+        return parts[0], list(parts[1:])
+
+    def _unpack(self, state: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The K component vectors' VAE parts and the classifier vector (``None`` in the
+        "separate" layout, where each component vector is the whole component)."""
+        if not self.shared_body:
+            return list(state), None
+        k, p = self.spec.num_components, self._vae_size
+        return [s[:p] for s in state[:k]], torch.cat([state[k], *[s[p:] for s in state[:k]]])
 
     def state_dict(self) -> dict:
         """The base state plus the topic-model initialisation (its warm-up rounds need it)."""
@@ -200,7 +296,8 @@ class FedGMI(ParameterVectorStrategy):
         joint = self.estep == "joint"  # then tokens are (fine cluster, label) pairs
         self.topic = fit_topic_init(
             [c.x_train for c in clients], self.spec.num_components,
-            num_clusters=self.topic_clusters, restarts=self.topic_restarts, seed=self.seed,
+            num_clusters=self.topic_clusters, restarts=self.topic_restarts,
+            iters=self.topic_iters, seed=self.seed,
             clients_y=[c.y_train for c in clients] if joint else None,
             num_classes=self.spec.num_classes if joint else None,
         )
@@ -219,19 +316,26 @@ class FedGMI(ParameterVectorStrategy):
 
     def personalized_model(self, proportions: torch.Tensor, estimator: str = "iwae",
                            num_samples: int = 8) -> PersonalizedMixture:
-        """A standalone :class:`PersonalizedMixture` of copies of the global components with
-        the given (K,) proportions (e.g. ``client_proportions(c)``)."""
+        """A standalone :class:`PersonalizedMixture` of copies of the global VAEs and class
+        predictors with the given (K,) proportions (e.g. ``client_proportions(c)``)."""
+        vaes, classifier_theta = self._unpack(self._global)
         components = []
-        for theta in self._global:
+        for theta in vaes:
             component = self.build_component().to(theta.device)
             copy_into_parameters(theta, component.parameters())
             components.append(component)
-        return PersonalizedMixture(components, proportions, estimator, num_samples).eval()
+        if classifier_theta is None:
+            classifiers = ComponentClassifiers([c.head for c in components])
+        else:
+            classifiers = self.build_classifiers().to(classifier_theta.device)
+            copy_into_parameters(classifier_theta, classifiers.parameters())
+        return PersonalizedMixture([c.vae for c in components], classifiers, proportions, estimator, num_samples).eval()
 
     # ------------------------------------------------------------------ client side
-    def load_component(self, theta: torch.Tensor) -> MixtureComponent:
-        """Load a (P,) parameter vector into the client worker and return it."""
-        return self.worker.load(theta)
+    def load_vae(self, k: int, state: Sequence[torch.Tensor] | None = None) -> ComponentVAE:
+        """The client worker's VAE loaded with component ``k``'s parameters from ``state``
+        (default: the global state)."""
+        return self.worker.load(self._unpack(self._global if state is None else state)[0][k]).vae
 
     @torch.no_grad()
     def component_outputs(
@@ -250,10 +354,19 @@ class FedGMI(ParameterVectorStrategy):
 
         def forward(component: MixtureComponent, xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             log_px = component.vae.log_likelihood(xb, estimator, num_samples, generator).float()  # (n,)
-            return log_px, component.class_log_prob(xb) if classes else xb.new_zeros(len(xb), 0)
+            return log_px, component.class_log_prob(xb) if classes and component.head is not None \
+                else xb.new_zeros(len(xb), 0)
 
         state = self._global if state is None else state
-        return self.worker.outputs(state, x.to(self.fabric.device), forward, chunk)
+        vaes, classifier_theta = self._unpack(state)
+        x = x.to(self.fabric.device)
+        if classifier_theta is None:  # "separate": both from each component's module
+            return self.worker.outputs(state, x, forward, chunk)
+        log_px = self.worker.outputs(vaes, x, lambda c, xb: forward(c, xb)[0], chunk)  # (N, K)
+        if not classes:
+            return log_px, x.new_zeros(len(x), len(vaes), 0)
+        class_lp = self.classifier_worker.outputs([classifier_theta], x, lambda m, xb: m.class_log_probs(xb), chunk)
+        return log_px, class_lp[:, 0]  # (N, K), (N, K, Y)
 
     def evidence(self, log_px: torch.Tensor, class_log_probs: torch.Tensor,
                  y: torch.Tensor | None = None) -> torch.Tensor:
@@ -279,8 +392,9 @@ class FedGMI(ParameterVectorStrategy):
         pi, r = estimate_proportions(log_lik, state.get("pi"), self.proportion_iters, rule, temperature)
         weights = r.sum(0)  # (K,) aggregation weights w_ck = sum_i r_ik
         new_state = {**carried_optimizer_state(state), "pi": pi}
+        vaes, classifier_theta = self._unpack(task.global_state)
         updates, losses = [], torch.zeros(2, dtype=torch.float64)
-        for k, theta in enumerate(task.global_state):
+        for k, theta in enumerate(vaes):
             if weights[k] < self.min_mass:
                 updates.append(None)
                 continue
@@ -289,9 +403,32 @@ class FedGMI(ParameterVectorStrategy):
             new_state.update(local.optimizer_state)
             losses += local.losses * float(weights[k])
         losses /= max(float(weights.sum()), 1e-12)
+        if classifier_theta is not None:
+            updates, weights, losses[1] = self._train_classifiers(classifier_theta, x, y, r, gen, state, new_state,
+                                                                  updates, weights)
         reply = task.reply(len(x), updates, weights,
                            {"neg_elbo": float(losses[0]), "cross_entropy": float(losses[1])})
         return reply, new_state
+
+    def _train_classifiers(self, theta, x, y, r, gen, state, new_state, updates, weights):
+        """"shared_body": train the body and the K heads together on all samples (weights
+        (n, K) r_ik); each head's delta joins its component's update (sent only when the VAE's
+        is), the body's delta is update K with aggregation weight n_c. Returns the updates,
+        the (K + 1,) weights and the cross-entropy (nats)."""
+        local = self.classifier_worker.train(theta, x, y, r, gen, self._classifier_loss, "classifiers", state,
+                                             "optimizer.classifiers")
+        new_state.update(local.optimizer_state)
+        body, heads = self._split_classifiers(local.theta - theta)
+        updates = [None if u is None else torch.cat([u, h]) for u, h in zip(updates, heads)] + [body]
+        return updates, torch.cat([weights, weights.new_tensor([float(len(x))])]), float(local.losses[0])
+
+    def _classifier_loss(self, classifiers: ComponentClassifiers, x, y, w, norm, gen):
+        """One batch of the heads' M-step ("shared_body"): the responsibility-weighted
+        cross-entropy of every head, samples with r_ik < ``head_min_responsibility`` left out
+        of head k's term; ``norm`` is the (K,) mean weight, summed to mean_i sum_k r_ik."""
+        loss = mixture_of_experts_nll if self.head_loss == "mixture" else responsibility_weighted_cross_entropy
+        ce = loss(classifiers(x), y, w * (w >= self.head_min_responsibility), norm.sum())
+        return ce, ce.detach().reshape(1)
 
     def _loss(self, component: MixtureComponent, x, y, w, norm, gen) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch of the M-step: the weighted negative ELBO plus the head's weighted

@@ -200,7 +200,9 @@ class ClientWorker:
 
         Args:
             theta: (P,) starting parameters.
-            x: (n, D) inputs; y: (n,) labels; weights: (n,) training weights r_i >= 0.
+            x: (n, D) inputs; y: (n,) labels; weights: (n,) training weights r_i >= 0, or
+                (n, K) per-component weights (a sample is kept when any reaches the floor;
+                ``loss`` then gets (B, K) weights and the (K,) mean weight as ``norm``).
             generator: The client's seeded generator (batch order, and whatever ``loss`` draws).
             loss: The batch loss (see :data:`LossFn`).
             what: Names the trained model in the error message (e.g. "component 2").
@@ -215,6 +217,8 @@ class ClientWorker:
             NonFiniteLossError: an epoch's loss is NaN or Inf (checked once per epoch).
         """
         keep = weights >= self.training.weight_floor
+        if keep.dim() == 2:  # (n, K) per-component weights: keep a sample any component trains on
+            keep = keep.any(1)
         per_client = self.training.optimizer_state == "per_client"
         if not bool(keep.any()):  # nothing to train on: the model is returned as received
             kept = {k: v for k, v in (client_state or {}).items() if per_client and k.startswith(f"{key}.")}
@@ -224,7 +228,7 @@ class ClientWorker:
         if per_client:
             self._load_optimizer_state(client_state or {}, key)
         xk, yk, wk = x[keep], y[keep], weights[keep]  # (m, D), (m,), (m,)
-        norm = wk.mean()  # loss = mean_i w_i l_i / mean(w): unbiased weighted mean
+        norm = wk.mean(0)  # loss = mean_i w_i l_i / mean(w): unbiased weighted mean ((K,) for (n, K) weights)
         total = torch.zeros((), device=xk.device)
         for epoch in range(self.training.local_epochs):
             order = torch.randperm(len(xk), generator=generator, device=xk.device)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import lightning
 import torch
 
-from fedgmi.models.component import MixtureComponent
+from fedgmi.models.component_classifiers import ComponentClassifiers
+from fedgmi.models.vae import ComponentVAE
 
 
 def mixture_predict(
@@ -30,31 +31,34 @@ def mixture_predict(
 
 
 class PersonalizedMixture(lightning.LightningModule):
-    """A client's personalised model: K trained components and the client's proportions.
+    """A client's personalised model: K trained VAEs, the K class predictors and the client's
+    proportions.
 
     Use ``predict(x)`` directly, or ``lightning.Trainer.predict`` (batches are ``x`` or
     ``(x, ...)``).
 
     Args:
-        components: K trained :class:`MixtureComponent` with classifier heads.
+        vaes: K trained :class:`ComponentVAE` (log p_k(x)).
+        classifiers: The K class predictors, (B, D) -> (B, K, Y) logits (a shared body with K
+            heads, or K whole classifiers; :class:`ComponentClassifiers`).
         proportions: (K,) the client's mixture proportions pi_c.
         estimator: log p_k(x) estimate, "elbo" or "iwae"; num_samples: its samples.
     """
 
-    def __init__(self, components: Sequence[MixtureComponent], proportions: torch.Tensor,
+    def __init__(self, vaes: Sequence[ComponentVAE], classifiers: ComponentClassifiers, proportions: torch.Tensor,
                  estimator: str = "iwae", num_samples: int = 8) -> None:
         super().__init__()
-        self.components = torch.nn.ModuleList(components)
+        self.vaes = torch.nn.ModuleList(vaes)
+        self.classifiers = classifiers
         self.register_buffer("log_pi", proportions.float().clamp_min(1e-12).log())
         self.estimator, self.num_samples = estimator, num_samples
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D) or (B, *image_shape) inputs -> (B, num_classes) class probabilities."""
-        log_px = torch.stack([c.vae.log_likelihood(x, self.estimator, self.num_samples).float()
-                              for c in self.components], dim=1)  # (B, K)
-        class_lp = torch.stack([c.class_log_prob(x) for c in self.components], dim=1)  # (B, K, Y)
-        return mixture_predict(self.log_pi, log_px, class_lp)
+        log_px = torch.stack([vae.log_likelihood(x, self.estimator, self.num_samples).float()
+                              for vae in self.vaes], dim=1)  # (B, K)
+        return mixture_predict(self.log_pi, log_px, self.classifiers.class_log_probs(x))  # (B, K, Y) log p_k(y | x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x)

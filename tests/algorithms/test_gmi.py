@@ -9,6 +9,8 @@ from torch.nn.utils import parameters_to_vector
 
 from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.errors import ConfigError
+from fedgmi.models.features import MLPFeatures
+from fedgmi.models.heads import MLPClassifier
 from tests.helpers import digits_scenario, make_fedgmi, run_client
 
 
@@ -20,18 +22,21 @@ def scenario(digits_base):
 make_strategy = make_fedgmi
 
 
-def test_components_start_different_and_topic_init_gives_every_client_proportions(scenario):
-    strategy = make_strategy(scenario)
-    a, b, _ = strategy.global_state
+@pytest.mark.parametrize("sharing", ["shared_body", "separate"])
+def test_components_start_different_and_topic_init_gives_every_client_proportions(scenario, sharing):
+    strategy = make_strategy(scenario, classifier_sharing=sharing)
+    a, b, *rest = strategy.global_state
+    assert len(rest) == (2 if sharing == "shared_body" else 1)  # the shared body is one more vector
     assert not torch.equal(a, b)
     for client in scenario.clients:
         pi = strategy.client_proportions(client.client_id)
         assert pi.shape == (3,) and pi.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("sharing", ["shared_body", "separate"])
 @pytest.mark.parametrize("phase_round", [0, 20])  # warm-up (topic) round and VAE round
-def test_client_update_reply_is_deterministic_and_consistent(scenario, phase_round):
-    strategy = make_strategy(scenario, min_mass=5.0)
+def test_client_update_reply_is_deterministic_and_consistent(scenario, phase_round, sharing):
+    strategy = make_strategy(scenario, min_mass=5.0, classifier_sharing=sharing)
     task = strategy.configure_round(phase_round, [2])[0]
     sent = [t.clone() for t in task.global_state]
     saved = {c: dict(s) for c, s in strategy.client_state.items()}
@@ -42,13 +47,15 @@ def test_client_update_reply_is_deterministic_and_consistent(scenario, phase_rou
     for before, theta in zip(sent, strategy.global_state):  # the server's copy is untouched
         assert torch.equal(before, theta)
     assert reply.num_examples == n
-    assert reply.aggregation_weights.sum().item() == pytest.approx(n, rel=1e-5)
+    assert reply.aggregation_weights[:3].sum().item() == pytest.approx(n, rel=1e-5)  # sum_k w_ck = n_c
+    if sharing == "shared_body":  # the body's update has weight n_c
+        assert reply.aggregation_weights[3].item() == n and reply.updates[3] is not None
     for w, u, u2, theta in zip(reply.aggregation_weights, reply.updates, again.updates, task.global_state):
         assert (u is None) == (w.item() < 5.0)
         if u is not None:
             assert u.shape == theta.shape and u.abs().max() > 0
             torch.testing.assert_close(u, u2)
-    assert reply.bytes_up == sum(u.numel() * 4 for u in reply.updates if u is not None) + 3 * 4
+    assert reply.bytes_up == sum(u.numel() * 4 for u in reply.updates if u is not None) + len(sent) * 4
 
 
 def test_aggregating_one_client_moves_each_sent_component_to_its_parameters(scenario):
@@ -67,20 +74,29 @@ def test_local_training_lowers_the_weighted_negative_elbo(scenario):
     task = strategy.configure_round(0, [1])[0]
     r = strategy.topic.log_likelihood_of(client.x_train).softmax(1)
     k = int(r.sum(0).argmax())
-    before = strategy.load_component(task.global_state[k]).vae.weighted_negative_elbo(client.x_train, r[:, k])
+    before = strategy.load_vae(k, task.global_state).weighted_negative_elbo(client.x_train, r[:, k])
     reply = run_client(strategy, task, client)
-    vae = strategy.load_component(task.global_state[k] + reply.updates[k]).vae
-    after = vae.weighted_negative_elbo(client.x_train, r[:, k])
+    after_state = [t if u is None else t + u for t, u in zip(task.global_state, reply.updates)]
+    after = strategy.load_vae(k, after_state).weighted_negative_elbo(client.x_train, r[:, k])
     assert after < before - 5.0, (before, after)
-    assert parameters_to_vector(strategy.worker.module.parameters()).shape == task.global_state[k].shape
+    assert parameters_to_vector(strategy.worker.module.vae.parameters()).numel() < task.global_state[k].numel()
 
 
 @pytest.mark.parametrize("kw", [{"init": "kmeans"}, {"local_epochs": 0}, {"estimator": "exact"},
-                                {"responsibility": "fuzzy"}, {"temperature": 0.0}])
+                                {"responsibility": "fuzzy"}, {"temperature": 0.0},
+                                {"classifier_sharing": "both"}, {"head_loss": "focal"}, {"num_components": 0},
+                                {"topic_iters": 0}])
 def test_bad_options_are_one_line_config_errors(kw):
     with pytest.raises(ConfigError) as err:
         FedGMI(**kw)
     assert "\n" not in str(err.value) and str(next(iter(kw.values()))) in str(err.value)
+
+
+@pytest.mark.parametrize("kw, key", [({"classifier": MLPClassifier}, "classifier"),
+                                     ({"classifier_sharing": "separate", "body": MLPFeatures}, "body")])
+def test_a_factory_the_layout_does_not_use_is_a_config_error(kw, key):
+    with pytest.raises(ConfigError, match=f"init_args.{key} is set but classifier_sharing"):
+        FedGMI(**kw)
 
 
 def test_joint_and_label_free_evidence_in_a_closed_form_case():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedgmi.models import ComponentVAE
-from fedgmi.models.component import MixtureComponent
+from fedgmi.models.component_classifiers import ComponentClassifiers
 from fedgmi.models.heads import CNNClassifier, MLPClassifier
 from fedgmi.models.personalized import PersonalizedMixture, mixture_predict
 
@@ -33,9 +33,9 @@ def test_a_certain_posterior_gives_that_components_prediction():
 def test_personalized_mixture_module_returns_probabilities_of_the_right_shape():
     torch.manual_seed(0)
     shape = (1, 8, 8)
-    comps = [MixtureComponent(ComponentVAE(shape, hidden_dims=(16,), latent_dim=2),
-                              MLPClassifier(shape, 10, (16,))) for _ in range(2)]
-    model = PersonalizedMixture(comps, torch.tensor([0.3, 0.7]), estimator="elbo", num_samples=1)
+    vaes = [ComponentVAE(shape, hidden_dims=(16,), latent_dim=2) for _ in range(2)]
+    classifiers = ComponentClassifiers([MLPClassifier(shape, 10, (16,)) for _ in range(2)])
+    model = PersonalizedMixture(vaes, classifiers, torch.tensor([0.3, 0.7]), estimator="elbo", num_samples=1)
     x = torch.rand(5, 64)
     probs = model.predict(x)
     assert probs.shape == (5, 10)
