@@ -298,3 +298,6 @@ class FedGMI(ParameterVectorStrategy):
         cross-entropy, the head seeing only samples with r_ik >= ``head_min_responsibility``."""
         neg_elbo, ce = component.loss(x, y, w, norm, gen, w * (w >= self.head_min_responsibility))
         return neg_elbo + ce, torch.stack([neg_elbo.detach(), ce.detach()])
+
+    #: The "joint" E-step's evidence adds log p_k(y | x) (evaluation then reports the label-informed assignment).
+    evidence_uses_labels = property(lambda self: self.estep == "joint")
