@@ -174,7 +174,13 @@ def trained_fedgmi(scenario, **kwargs):
 
 
 @pytest.mark.parametrize("learned", [4, 2])
-def test_fedgmi_with_another_number_of_components_than_the_truth_is_scored(mnist_scenario, learned):
+def test_fedgmi_with_another_number_of_components_than_the_truth_is_scored(mnist_scenario, learned, tmp_path):
+    import csv
+
+    from rich.console import Console
+
+    from fedgmi.outputs import RunDirectory, print_component_table
+
     _, result = trained_fedgmi(mnist_scenario, num_components=learned)
     m = result.metrics
     assert m["num_components_learned"] == learned
@@ -189,6 +195,20 @@ def test_fedgmi_with_another_number_of_components_than_the_truth_is_scored(mnist
     assert result.test_nll.shape == (3,)
     mapped = set(result.mapping.tolist())
     assert all(np.isfinite(result.test_nll[t]) == (t in mapped) for t in range(3))
+    # the run files and the printed table carry the map
+    run, names = RunDirectory(tmp_path), mnist_scenario.component_names
+    run.write_proportions(result, mnist_scenario.truth.proportions.numpy(), names, set())
+    run.write_component_accuracy(result, names)
+    rows = list(csv.DictReader((tmp_path / "proportions.csv").open()))
+    assert len(rows) == 4 * 3
+    assert sorted(j for r in rows[:3] for j in r["learned_component"].split("+") if j) == [str(j) for j in range(learned)]
+    np.testing.assert_allclose([float(r["estimated"]) for r in rows], result.proportions_by_true.ravel(), atol=1e-6)
+    header = (tmp_path / "component_accuracy.csv").read_text().splitlines()[0]
+    assert header.split(",")[2:-1] == [f"c{j}>p{t}" for j, t in enumerate(result.mapping)]
+    console = Console(record=True, width=200)
+    print_component_table(result, names, console)
+    text = console.export_text()
+    assert all(f"c{j}>p{t}" in text for j, t in enumerate(result.mapping))
 
 
 def test_joint_fedgmis_assignment_is_from_x_alone(mnist_scenario):
