@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedgmi.errors import ConfigError
-from fedgmi.metrics import learned_of_true
+from fedgmi.metrics import is_one_to_one, learned_groups, matched_column_names
 
 RUN_FILES = ("config.yaml", "metrics.csv", "metrics.json", "proportions.csv", "component_accuracy.csv",
              "checkpoints", "logs", "plots", "wandb", "tensorboard")
@@ -170,27 +170,34 @@ class RunDirectory:
             json.dump(_jsonable(metrics), f, indent=2, sort_keys=True)
 
     def write_proportions(self, result, true: np.ndarray, names: list[str], unseen: set[int]) -> None:
-        """proportions.csv: per client and TRUE component, the matched estimate and the truth."""
-        learned = learned_of_true(result.mapping)
-        est = result.estimated_proportions
+        """proportions.csv: per client and TRUE component, the matched estimate (summed over the
+        learned components mapped to it, ``learned_component`` "j" or "j1+j2", empty when none
+        is) and the truth."""
+        groups = learned_groups(result.mapping, len(names))
+        est = result.proportions_by_true
         with (self.path / "proportions.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["client", "unseen", "component", "learned_component", "estimated", "true"])
             for c in range(true.shape[0]):
-                for t, j in enumerate(learned):
-                    writer.writerow([c, int(c in unseen), names[t], int(j), f"{est[c, j]:.6f}", f"{true[c, t]:.6f}"])
+                for t, group in enumerate(groups):
+                    writer.writerow([c, int(c in unseen), names[t], "+".join(str(int(j)) for j in group),
+                                     f"{est[c, t]:.6f}", f"{true[c, t]:.6f}"])
 
     def write_component_accuracy(self, result, names: list[str]) -> None:
         """component_accuracy.csv: rows (table, distribution), columns c0..cK-1, client_model.
 
         ``raw`` keeps the learned order; in ``matched``, column c_t is the component matched to
-        distribution t, so the diagonal is each component on its own distribution."""
-        k = len(names)
+        distribution t, so the diagonal is each component on its own distribution. With a
+        many-to-one map (learned K != true K) only ``raw`` is written, its columns named
+        ``c{j}>p{t}`` (learned j, mapped to true t)."""
+        one_to_one = is_one_to_one(result.mapping)
+        columns = [f"c{j}" if one_to_one else f"c{j}>p{t}" for j, t in enumerate(result.mapping)]
+        tables = (("raw", result.component_accuracy), ("matched", result.component_accuracy_matched))
         with (self.path / "component_accuracy.csv").open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["table", "distribution", *[f"c{j}" for j in range(k)], "client_model"])
-            for label, table in (("raw", result.component_accuracy), ("matched", result.component_accuracy_matched)):
-                for t in range(k):
+            writer.writerow(["table", "distribution", *columns, "client_model"])
+            for label, table in tables if one_to_one else tables[:1]:
+                for t in range(len(names)):
                     writer.writerow([label, names[t], *[f"{v:.4f}" for v in table[t]],
                                      f"{result.client_model_accuracy[t]:.4f}"])
 
@@ -264,15 +271,15 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | Non
 
 def print_component_table(result, names: list[str], console: Console | None = None) -> None:
     """The FedGMI paper's component-by-distribution table (matched): rows are the inherent
-    distributions p0..pK-1, columns the components c0..cK-1 and the client model."""
-    k = len(names)
+    distributions p0..pK-1, columns the components (c0..cK-1 matched; ``c{j}>p{t}`` under a
+    many-to-one map) and the client model."""
     table = Table(title="accuracy of each component's classifier on each inherent distribution (matched)")
     table.add_column("distribution")
-    for j in range(k):
-        table.add_column(f"c{j}", justify="right")
+    for column in matched_column_names(result.mapping):
+        table.add_column(column, justify="right")
     table.add_column("client model", justify="right")
     matched = result.component_accuracy_matched
-    for t in range(k):
+    for t in range(len(names)):
         table.add_row(f"p{t} ({names[t]})", *[f"{v:.3f}" for v in matched[t]],
                       f"{result.client_model_accuracy[t]:.3f}")
     (console or Console()).print(table)

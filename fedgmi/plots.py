@@ -211,25 +211,30 @@ def plot_metric_curves(
 
 
 def plot_component_accuracy(
-    matched: Any, client_model: Any, names: Sequence[str], path: str | Path
+    matched: Any, client_model: Any, names: Sequence[str], path: str | Path,
+    columns: Sequence[str] | None = None,
 ) -> Path:
     """Heatmap of per-component head accuracy plus the client model's accuracy.
 
     Args:
-        matched: (K, K) accuracy; row t is inherent distribution ``names[t]``, column j is
-            component ``c_j``.
+        matched: (K, J) accuracy (J learned components, K = J unless the learned K differs from
+            the true one); row t is inherent distribution ``names[t]``, column j is component ``c_j``.
         client_model: (K,) accuracy of the client (mixture) model on each inherent distribution.
         names: K names of the inherent distributions.
         path: where to write the PNG.
+        columns: J column names (default ``c0..cJ-1``).
 
     Returns:
-        The path written. The table drawn is (K, K + 1), the last column "client model".
+        The path written. The table drawn is (K, J + 1), the last column "client model".
     """
     m = _to_numpy(matched)
     cm = _to_numpy(client_model).reshape(-1)
     k = m.shape[0] if m.ndim >= 1 else 0
-    if m.ndim != 2 or m.shape != (k, k):
-        raise ValueError(f"matched must be (K, K), got {m.shape}")
+    if m.ndim != 2:
+        raise ValueError(f"matched must be (K, J), got {m.shape}")
+    columns = [f"c{j}" for j in range(m.shape[1])] if columns is None else list(columns)
+    if len(columns) != m.shape[1]:
+        raise ValueError(f"expected {m.shape[1]} column names, got {len(columns)}")
     if cm.shape != (k,):
         raise ValueError(f"client_model must be ({k},), got {cm.shape}")
     if len(names) != k:
@@ -241,13 +246,13 @@ def plot_component_accuracy(
     image = ax.imshow(table, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     for t in range(k):
-        for j in range(k + 1):
+        for j in range(table.shape[1]):
             value = table[t, j]
             text = "nan" if not np.isfinite(value) else f"{value:.2f}"
             colour = "black" if np.isfinite(value) and value > 0.6 else "white"
             ax.text(j, t, text, ha="center", va="center", color=colour, fontsize="small")
-    ax.set_xticks(range(k + 1))
-    ax.set_xticklabels([f"c{j}" for j in range(k)] + ["client model"], rotation=30, ha="right")
+    ax.set_xticks(range(table.shape[1]))
+    ax.set_xticklabels(columns + ["client model"], rotation=30, ha="right")
     ax.set_yticks(range(k))
     ax.set_yticklabels([f"p{t} ({names[t]})" for t in range(k)])
     ax.set_title("accuracy per inherent distribution and component")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from fedgmi import plots
-from fedgmi.metrics import learned_of_true
+from fedgmi.metrics import learned_order, matched_column_names
 
 CURVE_KEYS = ("assignment_accuracy", "proportion_error_tv", "client_accuracy_mean", "nmi")
 
@@ -25,31 +25,35 @@ def write_plots(run_dir: Path, strategy, scenario, result, num_images: int = 8, 
     """
     out = run_dir / "plots"
     names = scenario.component_names
-    learned = learned_of_true(result.mapping)  # true t -> learned j
+    learned = learned_order(result.mapping)  # learned j by true component (one-to-one: true t -> learned j)
+    columns = matched_column_names(result.mapping)  # "c{t}" one-to-one, "c{j}>p{t}" many-to-one
     rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader((run_dir / "metrics.csv").open())]
     gen = torch.Generator(strategy.fabric.device).manual_seed(seed)
     written = {
-        "proportions": plots.plot_proportions(result.estimated_proportions[:, learned],
+        "proportions": plots.plot_proportions(result.proportions_by_true,
                                               scenario.truth.proportions.numpy(), names, out / "proportions.png"),
         "curves": plots.plot_metric_curves(rows, CURVE_KEYS, out / "curves.png"),
         "accuracy_vs_bytes": plots.plot_accuracy_vs_bytes(rows, out / "accuracy_vs_bytes.png"),
         "component_accuracy": plots.plot_component_accuracy(
-            result.component_accuracy_matched, result.client_model_accuracy, names, out / "component_accuracy.png"),
+            result.component_accuracy_matched, result.client_model_accuracy, names, out / "component_accuracy.png",
+            columns),
     }
     if not hasattr(strategy, "load_vae"):  # peers without VAE components: no image plots
         return written
     samples, pairs, labels = [], [], []
     x_test = torch.cat([c.x_test for c in scenario.clients])
     z_test = torch.cat(list(scenario.truth.z_test))
-    for t, j in enumerate(learned):
+    for j, column in zip(learned, columns):
+        t = int(result.mapping[j])
         vae = strategy.load_vae(j)
         samples.append(vae.sample(num_images, generator=gen).cpu())
         x = x_test[z_test == t][:num_images].to(strategy.fabric.device)
         pairs += [x.reshape(-1, *scenario.image_shape).cpu(), vae.reconstruct(x).cpu()]
-        labels += [f"{names[t]} test", f"c{t} recon."]
+        labels += [f"{names[t]} test", f"{column} recon."]
     return {
         **written,
-        "samples": plots.plot_image_grid(samples, [f"c{t} ({n})" for t, n in enumerate(names)],
+        "samples": plots.plot_image_grid(samples, [f"{column} ({names[result.mapping[j]]})"
+                                                   for j, column in zip(learned, columns)],
                                          out / "samples.png", "samples from each component VAE"),
         "reconstructions": plots.plot_image_grid(pairs, labels, out / "reconstructions.png",
                                                  "test images and reconstructions"),

@@ -84,6 +84,14 @@ def test_component_accuracy_k3(tmp_path: Path) -> None:
         plots.plot_component_accuracy(matched, client[:2], ["a", "b", "c"], tmp_path / "bad.png")
 
 
+def test_component_accuracy_with_more_learned_components_than_distributions(tmp_path: Path) -> None:
+    matched, client = np.random.default_rng(3).random((3, 4)), np.full(3, 0.5)
+    columns = ["c0>p0", "c2>p0", "c1>p1", "c3>p2"]
+    _check_png(plots.plot_component_accuracy(matched, client, ["a", "b", "c"], tmp_path / "h.png", columns))
+    with pytest.raises(ValueError, match="column names"):
+        plots.plot_component_accuracy(matched, client, ["a", "b", "c"], tmp_path / "bad.png", columns[:3])
+
+
 def test_accuracy_vs_bytes(tmp_path: Path) -> None:
     rows = [
         {

@@ -79,6 +79,8 @@ class ClassifierMixture(ParameterVectorStrategy):
 
     #: Evidence of the E-step adds log p_k(y | x) when labels are given.
     label_evidence: bool = True
+    #: Evaluation's flag for the same (it then also reports the label-informed assignment).
+    evidence_uses_labels = property(lambda self: self.label_evidence)
     #: log p_k(x) of component_outputs is not a pixel density (zeros or a feature-space one).
     pixel_density: bool = False
 

@@ -231,6 +231,12 @@ class FedGMI(ParameterVectorStrategy):
         """True in the "shared_body" layout (the body is update K; heads ride with the VAEs)."""
         return self.classifier_sharing == "shared_body"
 
+    @property
+    def evidence_uses_labels(self) -> bool:
+        """True in the "joint" mode, whose evidence adds log p_k(y | x) (evaluation then also
+        reports the label-informed assignment)."""
+        return self.estep == "joint"
+
     def build_component(self) -> MixtureComponent:
         """A fresh component module for this problem: the VAE and, in the "separate" layout,
         its whole classifier; in "shared_body" the VAE only (the heads live in

@@ -2,11 +2,23 @@
 
 Every client re-estimates its mixture proportions from its own training part with the current
 global components (:func:`~fedgmi.federated.responsibilities.estimate_proportions`; a training client
-starts from its stored proportions and uses the strategy's E-step evidence, an unseen client
-starts from uniform and uses its unlabelled inputs only, no gradient step). Then, on its test
-part, each sample is assigned to arg-max_k log pi_ck + evidence_k, and classified by the
-personalised mixture p_c(y | x) = sum_k post_ck(x) p_k(y | x) (labels never used there).
-Mixture scores use one Hungarian matching, found on the training clients.
+starts from its stored proportions and uses the strategy's E-step evidence, labels included where
+the strategy's evidence uses them: training data has labels; an unseen client starts from uniform
+and uses its unlabelled inputs only, no gradient step). Then, on its test part, each sample is
+assigned from x alone, as prediction sees it: arg-max_k log pi_ck + log p_k(x) (the evidence
+without labels; for a classifier-only method log p_k(x) = 0, so the client's arg-max proportion),
+and classified by the personalised mixture p_c(y | x) = sum_k post_ck(x) p_k(y | x) (labels never
+used there). A strategy whose E-step evidence uses labels (``evidence_uses_labels``: FedGMI's
+"joint" E-step, the classifier mixtures with ``label_evidence``) also gets
+``assignment_accuracy_label_informed``: the same with its evidence given the test labels,
+arg-max_k log pi_ck + evidence_k(x, y), scored through the same map (not what prediction sees).
+
+Mixture scores use one map of learned to true components, found on the training clients' x-only
+assignments (:mod:`fedgmi.metrics.mixture_scores`): a Hungarian matching when the learned K equals
+the true K, else many-to-one (each learned component to the true one most of its samples come
+from), with proportions summed over the learned components mapped to each true one; the map is
+returned (``Evaluation.mapping``, written as ``component_matching`` in metrics.json) and
+``num_components_learned`` is a metric.
 
 Generalisation (``evaluation.generalization``): each training client's personalised predictor,
 with its proportions, on the *pool*, the test parts of all clients together (every class any
@@ -24,12 +36,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 
 from fedgmi.errors import ConfigError
 from fedgmi.federated.strategy import EvaluationHooks, Strategy
 from fedgmi.metrics import (
     MixtureScores,
-    learned_of_true,
+    aggregate_proportions,
+    assignment_accuracy,
+    component_accuracy_extremes,
+    learned_groups,
+    learned_order,
     nats_to_bits_per_dim,
     proportion_errors,
     score_mixture,
@@ -67,16 +84,18 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Result of :func:`evaluate`.
+    """Result of :func:`evaluate`. K_learned is the strategy's number of components, K_true the
+    scenario's (equal unless the algorithm was told another ``num_components``).
 
     Attributes:
         metrics: Flat scalar metrics (stable keys, see README).
-        mapping: (K,) learned -> true component matching.
-        estimated_proportions: (C, K) estimated pi of every client, columns by learned component.
-        component_accuracy: (K, K) accuracy of learned component j's head (column) on true
+        mapping: (K_learned,) learned -> true component map (one-to-one when the K agree).
+        estimated_proportions: (C, K_learned) estimated pi of every client, columns by learned component.
+        component_accuracy: (K_true, K_learned) accuracy of learned component j's head (column) on true
             distribution t's test data (row), training clients; raw column order.
-        client_model_accuracy: (K,) accuracy of the personalised client models per true t.
-        test_nll: (K,) per TRUE component, the matched component's NLL in nats.
+        client_model_accuracy: (K_true,) accuracy of the personalised client models per true t.
+        test_nll: (K_true,) per TRUE component, the NLL in nats of its test data under the learned
+            components mapped to it (their uniform mixture; NaN when none is).
     """
 
     metrics: dict[str, float]
@@ -88,8 +107,16 @@ class Evaluation:
 
     @property
     def component_accuracy_matched(self) -> np.ndarray:
-        """(K, K) the table with column t the component matched to true distribution t."""
-        return self.component_accuracy[:, learned_of_true(self.mapping)]
+        """(K_true, K_learned) the table with its columns ordered by true component
+        (:func:`~fedgmi.metrics.learned_order`): one-to-one, column t is the component matched
+        to true distribution t, so the diagonal is each component on its own distribution."""
+        return self.component_accuracy[:, learned_order(self.mapping)]
+
+    @property
+    def proportions_by_true(self) -> np.ndarray:
+        """(C, K_true) estimated proportions summed over the learned components mapped to each
+        true one (:func:`~fedgmi.metrics.aggregate_proportions`)."""
+        return aggregate_proportions(self.estimated_proportions, self.mapping, len(self.client_model_accuracy))
 
 
 @torch.no_grad()
@@ -102,14 +129,16 @@ def _client_outputs(strategy: Strategy, client, seen: bool, config: EvalConfig, 
     pi = strategy.estimate_client_proportions(strategy.evidence(lp, clp, y_train), start, config.proportion_iters)
     lp, clp = strategy.client_component_outputs(cid, "test", client.x_test, *settings)
     y = client.y_test.to(lp.device)
-    evidence = strategy.evidence(lp, clp, y if seen else None)
-    return {
+    out = {
         "pi": pi.cpu(),
-        "assigned": (pi.log() + evidence).argmax(1).cpu(),  # (n,)
+        "assigned": (pi.log() + strategy.evidence(lp, clp, None)).argmax(1).cpu(),  # (n,) from x alone
         "personal_correct": (mixture_predict(pi.log(), lp, clp).argmax(1) == y).cpu(),  # (n,)
         "component_correct": (clp.argmax(2) == y[:, None]).cpu(),  # (n, K)
         "log_px": lp.cpu(),  # (n, K)
     }
+    if _label_informed(strategy):
+        out["assigned_label_informed"] = (pi.log() + strategy.evidence(lp, clp, y)).argmax(1).cpu()  # (n,)
+    return out
 
 
 @torch.no_grad()
@@ -135,28 +164,32 @@ def evaluate(strategy: Strategy, scenario, config: EvalConfig, seed: int = 0,
     cat = _concat(outs, seen_ids, scenario)
     true_pi = scenario.truth.proportions.numpy()
     est = torch.stack([o["pi"] for o in outs]).double().numpy()
+    num_learned = est.shape[1]
     if not strategy.models_mixture:  # FedAvg, Local: no mixture, so no mixture scores (NaN)
         est = np.full_like(true_pi, np.nan)
     scores = _mixture_scores(strategy, cat, est[seen_ids], true_pi[seen_ids])
     per_client_acc = np.array([outs[c]["personal_correct"].float().mean().item() for c in seen_ids])
-    table, client_model = _accuracy_tables(cat, true_pi.shape[1])
-    nll = _matched_nll(cat["log_px"], cat["z"], scores.mapping)
+    table, client_model = _accuracy_tables(cat, true_pi.shape[1], est.shape[1])
+    nll = _matched_nll(cat["log_px"], cat["z"], scores.mapping, true_pi.shape[1])
     if not strategy.pixel_density:
         nll = np.full_like(nll, np.nan)
-    matched = table[:, learned_of_true(scores.mapping)]
-    off_diag = matched[~np.eye(len(matched), dtype=bool)]
+    diag_min, offdiag_max = component_accuracy_extremes(table, scores.mapping)
     metrics = {
         "assignment_accuracy": scores.assignment_accuracy,
         "nmi": scores.nmi,
         "proportion_error_tv": scores.proportion_error_tv,
         "proportion_error_max": scores.proportion_error_max,
+        "num_components_learned": float(num_learned),
         "client_accuracy_mean": float(per_client_acc.mean()),
         "client_accuracy_p10": float(np.percentile(per_client_acc, 10)),
-        "component_accuracy_diag_min": float(np.diag(matched).min()),
-        "component_accuracy_offdiag_max": float(off_diag.max()) if off_diag.size else float("nan"),
+        "component_accuracy_diag_min": diag_min,
+        "component_accuracy_offdiag_max": offdiag_max,
         "test_nll": _nanmean(nll),
         "test_nll_bits_per_dim": nats_to_bits_per_dim(_nanmean(nll), int(np.prod(scenario.image_shape))),
     }
+    if _label_informed(strategy):
+        metrics["assignment_accuracy_label_informed"] = assignment_accuracy(
+            cat["z"], cat["assigned_label_informed"], scores.mapping)
     if config.generalization:
         gen_acc = generalization_accuracy(strategy, scenario, config, {c: outs[c]["pi"] for c in seen_ids}, gen)
         metrics["generalization_accuracy_mean"] = float(gen_acc.mean())
@@ -216,6 +249,12 @@ def _mixture_scores(strategy: Strategy, cat: dict[str, np.ndarray], est: np.ndar
     return MixtureScores(nan, nan, nan, nan, np.arange(k))
 
 
+def _label_informed(strategy: Strategy) -> bool:
+    """Whether ``assignment_accuracy_label_informed`` is reported: a mixture whose E-step
+    evidence uses labels (FedAvg and Local have no E-step)."""
+    return strategy.models_mixture and strategy.evidence_uses_labels
+
+
 def _nanmean(values: np.ndarray) -> float:
     """Mean over the finite entries; NaN (no warning) when there are none."""
     finite = values[np.isfinite(values)]
@@ -224,17 +263,18 @@ def _nanmean(values: np.ndarray) -> float:
 
 def _concat(outs: list[dict], ids: list[int], scenario) -> dict[str, np.ndarray]:
     """Per-test-sample arrays of the given clients, concatenated, with true components."""
-    cat = {key: torch.cat([outs[c][key] for c in ids]).numpy()
-           for key in ("assigned", "personal_correct", "component_correct", "log_px")}
+    keys = ("assigned", "assigned_label_informed", "personal_correct", "component_correct", "log_px")
+    cat = {key: torch.cat([outs[c][key] for c in ids]).numpy() for key in keys if key in outs[ids[0]]}
     cat["z"] = torch.cat([scenario.truth.z_test[c] for c in ids]).numpy()
     return cat
 
 
-def _accuracy_tables(cat: dict[str, np.ndarray], num_components: int) -> tuple[np.ndarray, np.ndarray]:
-    """(K, K) head accuracy per (true distribution, learned component) and (K,) client-model
-    accuracy per true distribution (NaN where a distribution has no test samples, and in the
-    columns of components a method does not have: FedAvg and Local have one)."""
-    table = np.full((num_components, num_components), np.nan)
+def _accuracy_tables(cat: dict[str, np.ndarray], num_components: int,
+                     num_learned: int) -> tuple[np.ndarray, np.ndarray]:
+    """(K_true, K_learned) head accuracy per (true distribution, learned component) and (K_true,)
+    client-model accuracy per true distribution (NaN where a distribution has no test samples,
+    and in the columns of components a method does not have: FedAvg and Local have one)."""
+    table = np.full((num_components, num_learned), np.nan)
     client_model = np.full(num_components, np.nan)
     for t in range(num_components):
         mask = cat["z"] == t
@@ -245,12 +285,24 @@ def _accuracy_tables(cat: dict[str, np.ndarray], num_components: int) -> tuple[n
     return table, client_model
 
 
-def _matched_nll(log_lik: np.ndarray, true_z: np.ndarray, mapping: np.ndarray) -> np.ndarray:
-    """(K,) for each true component t, -mean log p_j(x) over its test samples, with j the
-    learned component matched to t (NaN when t has no test samples)."""
-    nll = np.full(len(mapping), np.nan)
-    for t, j in enumerate(learned_of_true(mapping)):
+def _matched_nll(log_lik: np.ndarray, true_z: np.ndarray, mapping: np.ndarray, num_components: int) -> np.ndarray:
+    """(K_true,) for each true component t, the NLL in nats of its test samples under the learned
+    components J_t mapped to t: -mean log (1/|J_t|) sum_{j in J_t} p_j(x) (paper: one matched
+    component per true one; here: with a many-to-one map, their uniform mixture, which is
+    -mean log p_j(x) when J_t = {j}). NaN when t has no test samples or no learned component.
+
+    Args:
+        log_lik: (N, K_learned) log p_j(x) in nats (K_learned = 1 for a method without a mixture).
+        true_z: (N,) true components.
+        mapping: (K_learned,) learned -> true.
+        num_components: K_true.
+    """
+    nll = np.full(num_components, np.nan)
+    for t, group in enumerate(learned_groups(mapping, num_components)):
+        group = group[group < log_lik.shape[1]]
         mask = true_z == t
-        if mask.any() and j < log_lik.shape[1]:
-            nll[t] = -log_lik[mask, j].mean()
+        if mask.any() and group.size:
+            rows = log_lik[mask]
+            values = rows[:, group[0]] if group.size == 1 else logsumexp(rows[:, group], axis=1) - np.log(group.size)
+            nll[t] = -values.mean()
     return nll

@@ -164,6 +164,9 @@ class EvaluationHooks(ABC):
     pixel_density: bool = True
     #: Only the Oracle sets this; then the loop and evaluation call attach_ground_truth.
     uses_ground_truth: bool = False
+    #: True when :meth:`evidence` adds label terms given ``y`` (FedGMI's "joint" E-step, classifier
+    #: mixtures with ``label_evidence``): evaluation then also reports the label-informed assignment.
+    evidence_uses_labels: bool = False
 
     @abstractmethod
     def component_outputs(

@@ -2,10 +2,16 @@
 
 from fedgmi.metrics.mixture_scores import (
     MixtureScores,
+    aggregate_proportions,
     assignment_accuracy,
+    component_accuracy_extremes,
     confusion_matrix,
+    is_one_to_one,
+    learned_groups,
     learned_of_true,
+    learned_order,
     match_components,
+    matched_column_names,
     nats_to_bits_per_dim,
     normalized_mutual_info,
     proportion_errors,
@@ -14,10 +20,16 @@ from fedgmi.metrics.mixture_scores import (
 
 __all__ = [
     "MixtureScores",
+    "aggregate_proportions",
     "assignment_accuracy",
+    "component_accuracy_extremes",
     "confusion_matrix",
+    "is_one_to_one",
+    "learned_groups",
     "learned_of_true",
+    "learned_order",
     "match_components",
+    "matched_column_names",
     "nats_to_bits_per_dim",
     "normalized_mutual_info",
     "proportion_errors",

@@ -1,9 +1,23 @@
 """Scores of an inferred mixture against the true one.
 
 Learned components are unlabelled: component j of the model may have specialised to any true
-inherent distribution. Every matched score therefore uses ONE matching of learned to true
-components, found by the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``) on the
-confusion matrix of sample assignments, and reports it with the results.
+inherent distribution. Every matched score therefore uses ONE map of learned to true components,
+found on the confusion matrix of sample assignments, and reports it with the results
+(``mapping[j]`` = the true component of learned j):
+
+* K_learned == K_true: a one-to-one matching by the Hungarian algorithm
+  (``scipy.optimize.linear_sum_assignment``, maximum agreement).
+* K_learned != K_true (the learned K is a choice of the algorithm, e.g. FedGMI's
+  ``num_components``): a many-to-one map, each learned j to the true component most of its
+  assigned samples come from (arg-max of confusion column j; ties to the lowest index). A learned
+  component no sample is assigned to maps to the true component whose proportions across the
+  clients overlap most with its estimated ones, arg-max_t sum_c pi_hat_cj pi_ct (ties, e.g. a
+  component with no mass, to the lowest index); without proportions, to the most frequent true
+  component. With K_learned < K_true some true components have no learned one.
+
+paper (FedGMI and its peers): K_learned = K_true, one-to-one; here: also the many-to-one map
+above, with proportions summed over the learned components mapped to each true one
+(:func:`proportion_errors`) and assignments scored through the map.
 """
 
 from __future__ import annotations
@@ -13,47 +27,104 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 from sklearn.metrics import normalized_mutual_info_score
 
 
-def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_components: int) -> np.ndarray:
+def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_components: int,
+                     num_learned: int | None = None) -> np.ndarray:
     """Counts of (true component, assigned component) pairs.
 
     Args:
-        true: (N,) int true component of each sample.
-        pred: (N,) int learned component each sample is assigned to.
-        num_components: K.
+        true: (N,) int true component of each sample, in [0, K_true).
+        pred: (N,) int learned component each sample is assigned to, in [0, K_learned).
+        num_components: K_true.
+        num_learned: K_learned (default: K_true).
 
     Returns:
-        (K, K) int64 matrix ``M[t, j]`` = number of samples of true component t assigned to j.
+        (K_true, K_learned) int64 matrix ``M[t, j]`` = number of samples of true component t
+        assigned to j.
     """
-    labels = np.arange(num_components)
-    return _sk_confusion_matrix(np.asarray(true), np.asarray(pred), labels=labels).astype(np.int64)
+    num_learned = num_components if num_learned is None else num_learned
+    true, pred = np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    counts = np.zeros((num_components, num_learned), dtype=np.int64)
+    np.add.at(counts, (true, pred), 1)
+    return counts
 
 
-def match_components(true: np.ndarray, pred: np.ndarray, num_components: int) -> np.ndarray:
-    """Match learned to true components by maximum agreement (Hungarian algorithm).
+def match_components(true: np.ndarray, pred: np.ndarray, num_components: int, num_learned: int | None = None,
+                     estimated_pi: np.ndarray | None = None, true_pi: np.ndarray | None = None) -> np.ndarray:
+    """Map learned to true components (module docstring: one-to-one when the K agree, else
+    many-to-one).
 
     Args:
         true: (N,) int true components.
         pred: (N,) int assigned learned components.
-        num_components: K.
+        num_components: K_true.
+        num_learned: K_learned (default: K_true).
+        estimated_pi: (C, K_learned) estimated proportions (many-to-one only: they map a learned
+            component no sample is assigned to).
+        true_pi: (C, K_true) true proportions, with ``estimated_pi``.
 
     Returns:
-        (K,) int64 ``mapping`` with ``mapping[j]`` = the true component matched to learned j.
+        (K_learned,) int64 ``mapping`` with ``mapping[j]`` = the true component of learned j.
     """
-    counts = confusion_matrix(true, pred, num_components)
-    true_idx, learned_idx = linear_sum_assignment(counts, maximize=True)
-    mapping = np.empty(num_components, dtype=np.int64)
-    mapping[learned_idx] = true_idx
+    num_learned = num_components if num_learned is None else num_learned
+    counts = confusion_matrix(true, pred, num_components, num_learned)
+    if num_learned == num_components:
+        true_idx, learned_idx = linear_sum_assignment(counts, maximize=True)
+        mapping = np.empty(num_components, dtype=np.int64)
+        mapping[learned_idx] = true_idx
+        return mapping
+    mapping = counts.argmax(0).astype(np.int64)
+    empty = counts.sum(0) == 0
+    if empty.any():
+        if estimated_pi is not None and true_pi is not None:
+            overlap = np.nan_to_num(np.asarray(true_pi, dtype=np.float64).T @ np.asarray(estimated_pi, dtype=np.float64))
+            mapping[empty] = overlap[:, empty].argmax(0)  # (K_true, K_learned) -> per empty column
+        else:
+            mapping[empty] = counts.sum(1).argmax()
     return mapping
 
 
+def is_one_to_one(mapping: np.ndarray) -> bool:
+    """Whether ``mapping`` is a permutation of 0..K-1 (the K_learned == K_true matching)."""
+    mapping = np.asarray(mapping)
+    return bool(np.array_equal(np.sort(mapping), np.arange(len(mapping))))
+
+
 def learned_of_true(mapping: np.ndarray) -> np.ndarray:
-    """Invert a matching: (K,) ``learned_of_true[t]`` = the learned component matched to true t
-    (``mapping[j]`` = the true component of learned j)."""
+    """Invert a one-to-one matching: (K,) ``learned_of_true[t]`` = the learned component matched
+    to true t (``mapping[j]`` = the true component of learned j).
+
+    Raises:
+        ValueError: ``mapping`` is many-to-one (use :func:`learned_order` / :func:`learned_groups`).
+    """
+    if not is_one_to_one(mapping):
+        raise ValueError(f"mapping {np.asarray(mapping).tolist()} is not one-to-one")
     return np.argsort(np.asarray(mapping))
+
+
+def learned_order(mapping: np.ndarray) -> np.ndarray:
+    """(K_learned,) the learned components sorted by their true component (stable: by index
+    within one true component); equals :func:`learned_of_true` for a one-to-one matching."""
+    return np.argsort(np.asarray(mapping), kind="stable")
+
+
+def matched_column_names(mapping: np.ndarray) -> list[str]:
+    """Names of the columns of a table in :func:`learned_order`: one-to-one, ``c{t}`` (the
+    component matched to true t, as the FedGMI paper's table); many-to-one, ``c{j}>p{t}``
+    (learned j, mapped to true t)."""
+    mapping = np.asarray(mapping)
+    if is_one_to_one(mapping):
+        return [f"c{t}" for t in range(len(mapping))]
+    return [f"c{j}>p{mapping[j]}" for j in learned_order(mapping)]
+
+
+def learned_groups(mapping: np.ndarray, num_components: int) -> list[np.ndarray]:
+    """For each true t < ``num_components`` (K_true), the (|J_t|,) learned components mapped to it
+    (empty when none is)."""
+    mapping = np.asarray(mapping)
+    return [np.flatnonzero(mapping == t) for t in range(num_components)]
 
 
 def assignment_accuracy(true: np.ndarray, pred: np.ndarray, mapping: np.ndarray) -> float:
@@ -62,7 +133,7 @@ def assignment_accuracy(true: np.ndarray, pred: np.ndarray, mapping: np.ndarray)
     Args:
         true: (N,) int true components.
         pred: (N,) int assigned learned components.
-        mapping: (K,) learned -> true, from :func:`match_components`.
+        mapping: (K_learned,) learned -> true, from :func:`match_components`.
     """
     true = np.asarray(true)
     if true.size == 0:
@@ -72,8 +143,29 @@ def assignment_accuracy(true: np.ndarray, pred: np.ndarray, mapping: np.ndarray)
 
 def normalized_mutual_info(true: np.ndarray, pred: np.ndarray) -> float:
     """Normalised mutual information of assignments and true components (arithmetic mean
-    normalisation, scikit-learn's default); invariant to relabelling, so no matching."""
+    normalisation, scikit-learn's default); invariant to relabelling, so no matching, and
+    defined for any K_learned."""
     return float(normalized_mutual_info_score(np.asarray(true), np.asarray(pred)))
+
+
+def aggregate_proportions(estimated: np.ndarray, mapping: np.ndarray, num_components: int) -> np.ndarray:
+    """Estimated proportions by TRUE component: column t is the sum of the estimated pi over the
+    learned components mapped to t (0 where none is; a column permutation when one-to-one).
+
+    Args:
+        estimated: (C, K_learned) estimated proportions, columns by learned component.
+        mapping: (K_learned,) learned -> true.
+        num_components: K_true.
+
+    Returns:
+        (C, K_true) float64.
+    """
+    estimated, mapping = np.asarray(estimated, dtype=np.float64), np.asarray(mapping)
+    if estimated.ndim != 2 or estimated.shape[1] != len(mapping):
+        raise ValueError(f"estimated {estimated.shape} has not one column per mapped component ({len(mapping)})")
+    aligned = np.zeros((estimated.shape[0], num_components))
+    np.add.at(aligned.T, mapping, estimated.T)  # column j adds to true component mapping[j]
+    return aligned
 
 
 def proportion_errors(
@@ -81,24 +173,47 @@ def proportion_errors(
 ) -> tuple[np.ndarray, float, float]:
     """Total-variation distance between estimated and true mixture proportions, per client.
 
-    TV_c = 0.5 * || pi_hat_c - pi_c ||_1 after re-indexing the learned components by
-    ``mapping`` (the DESIGN's proportion error; 0 is perfect, 1 is disjoint).
+    TV_c = 0.5 * || pi_hat_c - pi_c ||_1 with pi_hat_c summed by true component through
+    ``mapping`` (:func:`aggregate_proportions`; the DESIGN's proportion error; 0 is perfect,
+    1 is disjoint).
 
     Args:
-        estimated: (C, K) estimated proportions, columns indexed by learned component.
-        true: (C, K) true proportions, columns indexed by true component.
-        mapping: (K,) learned -> true.
+        estimated: (C, K_learned) estimated proportions, columns indexed by learned component.
+        true: (C, K_true) true proportions, columns indexed by true component.
+        mapping: (K_learned,) learned -> true.
 
     Returns:
         ``(tv, mean, max)``: (C,) per-client TV distances, their mean and their maximum.
     """
-    estimated, true = np.asarray(estimated, dtype=np.float64), np.asarray(true, dtype=np.float64)
-    if estimated.shape != true.shape:
-        raise ValueError(f"estimated {estimated.shape} and true {true.shape} shapes differ")
-    aligned = np.zeros_like(estimated)
-    aligned[:, np.asarray(mapping)] = estimated  # column j moves to true component mapping[j]
+    true = np.asarray(true, dtype=np.float64)
+    estimated = np.asarray(estimated, dtype=np.float64)
+    if estimated.shape[0] != true.shape[0]:
+        raise ValueError(f"estimated {estimated.shape} and true {true.shape} have different numbers of clients")
+    aligned = aggregate_proportions(estimated, mapping, true.shape[1])
     tv = 0.5 * np.abs(aligned - true).sum(axis=1)
     return tv, float(tv.mean()), float(tv.max())
+
+
+def component_accuracy_extremes(table: np.ndarray, mapping: np.ndarray) -> tuple[float, float]:
+    """Smallest "diagonal" and largest "off-diagonal" entry of a component-by-distribution table
+    under a (possibly many-to-one) map.
+
+    Args:
+        table: (K_true, K_learned) accuracy of learned j's head (column) on true t's data (row).
+        mapping: (K_learned,) learned -> true.
+
+    Returns:
+        ``(diag_min, offdiag_max)``: min over learned j of ``table[mapping[j], j]`` and max over j
+        and t != mapping[j] of ``table[t, j]`` (NaN when there is no such entry; NaN entries
+        propagate, as for a method without a mixture). One-to-one, these are the diagonal and
+        off-diagonal of the matched (K, K) table.
+    """
+    table, mapping = np.asarray(table, dtype=np.float64), np.asarray(mapping)
+    own = np.zeros(table.shape, dtype=bool)
+    own[mapping, np.arange(len(mapping))] = True
+    diag, off = table[own], table[~own]
+    return (float(diag.min()) if diag.size else float("nan"),
+            float(off.max()) if off.size else float("nan"))
 
 
 def nats_to_bits_per_dim(nats: float, num_dims: int) -> float:
@@ -115,7 +230,7 @@ class MixtureScores:
     nmi: float
     proportion_error_tv: float
     proportion_error_max: float
-    mapping: np.ndarray  # (K,) learned -> true
+    mapping: np.ndarray  # (K_learned,) learned -> true
 
 
 def score_mixture(
@@ -124,16 +239,16 @@ def score_mixture(
     estimated_pi: np.ndarray,
     true_pi: np.ndarray,
 ) -> MixtureScores:
-    """Score assignments and proportions with one Hungarian matching.
+    """Score assignments and proportions with one map (:func:`match_components`).
 
     Args:
         true_z: (N,) true components of all evaluated samples (all clients concatenated).
         pred_z: (N,) most probable learned component of each sample.
-        estimated_pi: (C, K) estimated mixture proportions.
-        true_pi: (C, K) true mixture proportions.
+        estimated_pi: (C, K_learned) estimated mixture proportions.
+        true_pi: (C, K_true) true mixture proportions.
     """
-    num_components = true_pi.shape[1]
-    mapping = match_components(true_z, pred_z, num_components)
+    num_components, num_learned = true_pi.shape[1], estimated_pi.shape[1]
+    mapping = match_components(true_z, pred_z, num_components, num_learned, estimated_pi, true_pi)
     _, tv_mean, tv_max = proportion_errors(estimated_pi, true_pi, mapping)
     return MixtureScores(
         assignment_accuracy=assignment_accuracy(true_z, pred_z, mapping),

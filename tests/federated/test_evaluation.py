@@ -92,3 +92,147 @@ def test_generalization_metrics_appear_only_when_asked():
     assert 0.99 < on["generalization_accuracy_mean"] <= 1.0 and on["generalization_accuracy_p10"] <= 1.0
     with pytest.raises(Exception, match="evaluation.generalization"):
         EvalConfig(generalization="yes")
+
+
+class DuplicatedComponentStrategy(GaussianMixtureStrategy):
+    """Three learned components on the two true ones: component 2 is a copy of component 1."""
+
+    def component_outputs(self, x, estimator=None, num_samples=None, generator=None):
+        log_px, class_lp = super().component_outputs(x)
+        return log_px[:, [0, 1, 1]], class_lp[:, [0, 1, 1]]
+
+
+def test_three_learned_components_on_two_true_ones_are_mapped_many_to_one():
+    scenario = make_scenario([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]], n=1000)
+    reference = evaluate(GaussianMixtureStrategy(), scenario, EvalConfig())
+    result = evaluate(DuplicatedComponentStrategy(), scenario, EvalConfig())
+    m = result.metrics
+    # ties go to the first copy; the empty copy follows its proportions, which track true component 1
+    assert result.mapping.tolist() == [0, 1, 1]
+    assert m["num_components_learned"] == 3 and reference.metrics["num_components_learned"] == 2
+    assert result.estimated_proportions.shape == (3, 3)
+    np.testing.assert_allclose(result.estimated_proportions[:, 1], result.estimated_proportions[:, 2], atol=1e-6)
+    np.testing.assert_allclose(result.proportions_by_true, reference.estimated_proportions, atol=1e-5)
+    for key in ("assignment_accuracy", "proportion_error_tv", "client_accuracy_mean", "test_nll", "nmi",
+                "component_accuracy_diag_min", "component_accuracy_offdiag_max"):
+        assert m[key] == pytest.approx(reference.metrics[key], abs=1e-5), key
+    assert result.component_accuracy.shape == (2, 3)
+    np.testing.assert_allclose(result.component_accuracy_matched, [[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+
+
+def test_matched_nll_is_the_uniform_mixture_of_the_learned_components_mapped_to_each_true_one():
+    from fedgmi.federated.evaluation import _matched_nll
+
+    log_lik = np.log(np.array([[0.2, 0.6, 0.1], [0.4, 0.2, 0.3], [0.5, 0.1, 0.1]]))
+    z = np.array([0, 0, 1])
+    nll = _matched_nll(log_lik, z, np.array([0, 0, 1]), 3)
+    assert nll[0] == pytest.approx(-np.mean(np.log([0.4, 0.3])))  # (0.2 + 0.6) / 2, (0.4 + 0.2) / 2
+    assert nll[1] == pytest.approx(-np.log(0.1))
+    assert math.isnan(nll[2])  # no learned component maps to true 2 (and it has no samples)
+    one_to_one = _matched_nll(log_lik, z, np.array([1, 0, 2]), 3)
+    assert one_to_one[0] == pytest.approx(-np.mean(np.log([0.6, 0.2])))  # learned 1 is matched to true 0
+
+
+def test_which_strategies_report_the_label_informed_assignment():
+    from fedgmi.algorithms import FedAvg, FedEM, FedGenGMM, FedGMI, Oracle
+
+    assert FedGMI(estep="joint").evidence_uses_labels and not FedGMI().evidence_uses_labels
+    assert FedEM().evidence_uses_labels
+    assert not FedGenGMM().evidence_uses_labels and not Oracle().evidence_uses_labels
+    assert "assignment_accuracy_label_informed" not in evaluate(
+        GaussianMixtureStrategy(), make_scenario([[0.8, 0.2]], n=100), EvalConfig()).metrics
+    from fedgmi.federated.evaluation import _label_informed
+
+    assert not _label_informed(FedAvg())  # no mixture, no E-step
+
+
+@pytest.fixture(scope="module")
+def mnist_scenario(mnist_base):
+    """4 clients of 60-80 real MNIST images, K_true = 3 rotations."""
+    from fedgmi.data import ScenarioConfig, build_scenario
+
+    return build_scenario(ScenarioConfig(dataset="mnist", num_clients=4, samples_per_client=(60, 80), seed=1),
+                          base=mnist_base)
+
+
+def trained_fedgmi(scenario, **kwargs):
+    """A small FedGMI after one round of the real loop, and the loop's last evaluation."""
+    import lightning
+
+    from fedgmi.algorithms import FedGMI
+    from fedgmi.federated.server import FederationConfig, LoopState, run_federation
+    from fedgmi.federated.strategy import ProblemSpec
+    from tests.helpers import small_component
+
+    strategy = FedGMI(component=small_component, topic_clusters=12, topic_restarts=2, local_epochs=1,
+                      warmup_rounds=1, **kwargs)
+    strategy.setup(ProblemSpec.of(scenario, strategy), lightning.Fabric(accelerator="cpu", devices=1), seed=0)
+    _, result = run_federation(strategy, scenario, FederationConfig(rounds=1, client_fraction=1.0, eval_every=1),
+                               EvalConfig(num_samples=2, proportion_iters=5), seed=0, on_eval=lambda *a: None,
+                               state=LoopState(), progress=False)
+    return strategy, result
+
+
+@pytest.mark.parametrize("learned", [4, 2])
+def test_fedgmi_with_another_number_of_components_than_the_truth_is_scored(mnist_scenario, learned, tmp_path):
+    import csv
+
+    from rich.console import Console
+
+    from fedgmi.outputs import RunDirectory, print_component_table
+
+    _, result = trained_fedgmi(mnist_scenario, num_components=learned)
+    m = result.metrics
+    assert m["num_components_learned"] == learned
+    for key in ("assignment_accuracy", "nmi", "proportion_error_tv", "proportion_error_max", "client_accuracy_mean",
+                "component_accuracy_diag_min", "component_accuracy_offdiag_max", "test_nll", "test_nll_bits_per_dim"):
+        assert math.isfinite(m[key]), key
+    assert "assignment_accuracy_label_informed" not in m  # the label-free E-step
+    assert result.mapping.shape == (learned,) and set(result.mapping.tolist()) <= {0, 1, 2}
+    assert result.estimated_proportions.shape == (4, learned)
+    assert result.component_accuracy.shape == result.component_accuracy_matched.shape == (3, learned)
+    np.testing.assert_allclose(result.proportions_by_true.sum(1), 1.0, atol=1e-5)
+    assert result.test_nll.shape == (3,)
+    mapped = set(result.mapping.tolist())
+    assert all(np.isfinite(result.test_nll[t]) == (t in mapped) for t in range(3))
+    # the run files and the printed table carry the map
+    run, names = RunDirectory(tmp_path), mnist_scenario.component_names
+    run.write_proportions(result, mnist_scenario.truth.proportions.numpy(), names, set())
+    run.write_component_accuracy(result, names)
+    rows = list(csv.DictReader((tmp_path / "proportions.csv").open()))
+    assert len(rows) == 4 * 3
+    assert sorted(j for r in rows[:3] for j in r["learned_component"].split("+") if j) == [str(j) for j in range(learned)]
+    np.testing.assert_allclose([float(r["estimated"]) for r in rows], result.proportions_by_true.ravel(), atol=1e-6)
+    header = (tmp_path / "component_accuracy.csv").read_text().splitlines()[0]
+    assert header.split(",")[2:-1] == [f"c{j}>p{t}" for j, t in enumerate(result.mapping)]
+    console = Console(record=True, width=200)
+    print_component_table(result, names, console)
+    text = console.export_text()
+    assert all(f"c{j}>p{t}" in text for j, t in enumerate(result.mapping))
+
+
+def test_joint_fedgmis_assignment_is_from_x_alone(mnist_scenario):
+    # a large label weight: log p_k(y | x) (a few nats) then competes with log p_k(x) (hundreds)
+    strategy, _ = trained_fedgmi(mnist_scenario, estep="joint", label_weight=100.0)
+    outputs = {}
+    original = strategy.client_component_outputs
+
+    def recording(cid, part, x, *args):
+        outputs[cid, part] = original(cid, part, x, *args)
+        return outputs[cid, part]
+
+    strategy.client_component_outputs = recording
+    result = evaluate(strategy, mnist_scenario, EvalConfig(num_samples=2, proportion_iters=5))
+    x_only, with_labels, z = [], [], []
+    for c, client in enumerate(mnist_scenario.clients):
+        lp, clp = outputs[c, "test"]
+        log_pi = torch.from_numpy(result.estimated_proportions[c]).float().log()
+        x_only.append((log_pi + lp).argmax(1))
+        with_labels.append((log_pi + strategy.evidence(lp, clp, client.y_test)).argmax(1))
+        z.append(mnist_scenario.truth.z_test[c])
+    x_only, with_labels, z = torch.cat(x_only), torch.cat(with_labels), torch.cat(z)
+    mapping = torch.from_numpy(result.mapping)
+    assert (x_only != with_labels).any()  # the labels change some assignments, so the check below can fail
+    assert result.metrics["assignment_accuracy"] == pytest.approx((mapping[x_only] == z).double().mean().item())
+    assert result.metrics["assignment_accuracy_label_informed"] == pytest.approx(
+        (mapping[with_labels] == z).double().mean().item())
