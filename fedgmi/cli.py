@@ -326,6 +326,8 @@ def _check_output(subcommand: str, sub_cfg: Namespace) -> None:
             _same_path(path, ckpt_run)
         if subcommand != "validate" and not resuming_here and not sub_cfg.get("overwrite") and _env_rank() == 0:
             from fedgmi.outputs import holds_run
+            if holds_run(path) and subcommand == "select_k":
+                raise ConfigError(f"output_dir = {str(path)!r} already holds a run; give a new --output_dir")
             if holds_run(path):
                 claim_run_dir("output_dir", path, overwrite=False)  # raises the one-line refusal
     elif subcommand == "test" and ckpt_run is not None:
@@ -561,6 +563,9 @@ def select_k(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
                               progress=console.is_terminal and p.fabric.is_global_zero)
     except TrainingDiverged as err:
         raise Stopped(f"training diverged at {err}; outputs so far are in {p.run.path}", 1) from None
+    except KeyboardInterrupt:
+        raise Stopped(f"SIGINT: selection stopped; the K finished so far are in {p.run.path}",
+                      128 + signal.SIGINT) from None
     if p.fabric.is_global_zero:
         tracking.finish(p.fabric, {"selection": p.run.path / "selection.png"})
         print_selection(found, p.run.path, console)

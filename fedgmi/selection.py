@@ -269,6 +269,7 @@ class Selection:
     se_multiplier: float
     validation_fraction: float
     algorithm: str
+    num_dims: int
     true_k: int | None = None
 
     def to_json(self) -> dict:
@@ -338,11 +339,12 @@ def run_selection(make_run: MakeRun, scenario, federation: FederationConfig, eva
             bar.update(task, description=f"K = {k}: done")
             bar.console.print(f"K = {k}: held-out NLL {nll:.2f} +- {se:.2f} nats/sample "
                               f"({result.bits_per_dim:.4f} bits/dim), {result.wall_s:.0f} s")
-            if out is not None:
+            if out is not None:  # a run stopped later keeps the curve so far
                 _write_k(out.path, result, scores)
+                write_curve_csv(run_dir / "selection.csv", results)
     chosen = choose_k([r.k for r in results], [r.nll for r in results], [r.se for r in results],
                       selection.se_multiplier)
-    found = Selection(results, chosen, selection.se_multiplier, selection.validation_fraction, algorithm,
+    found = Selection(results, chosen, selection.se_multiplier, selection.validation_fraction, algorithm, dims,
                       getattr(scenario, "num_components", None))
     if write:
         write_selection(run_dir, found)
@@ -369,17 +371,22 @@ def write_selection(run_dir: Path, found: Selection) -> dict[str, Path]:
     """selection.json, selection.csv and selection.png in ``run_dir``; returns their paths."""
     paths = {name: run_dir / f"selection.{name}" for name in ("json", "csv", "png")}
     paths["json"].write_text(json.dumps(found.to_json(), indent=2))
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(r.row() for r in found.results)
+    write_curve_csv(paths["csv"], found.results)
     plot_selection(found, paths["png"])
     return paths
 
 
+def write_curve_csv(path: Path, results: Sequence[KResult]) -> None:
+    """selection.csv: one row per K (:data:`CSV_FIELDS`)."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(r.row() for r in results)
+
+
 def plot_selection(found: Selection, path: Path) -> Path:
-    """Held-out NLL (nats/sample) against K with +-1 SE bars, the rule's threshold (dashed)
-    and the chosen K (red)."""
+    """Held-out NLL (nats/sample, left axis; bits/dim, right) against K with +-1 SE bars, the
+    rule's threshold (dashed) and the chosen K (red)."""
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     ks = [r.k for r in found.results]
@@ -394,6 +401,8 @@ def plot_selection(found: Selection, path: Path) -> Path:
     ax.set_xticks(ks)
     ax.set_xlabel("K (components learned)")
     ax.set_ylabel("held-out NLL (nats per sample)")
+    per_bit = found.num_dims * math.log(2.0)  # nats per (bits/dim)
+    ax.secondary_yaxis("right", functions=(lambda n: n / per_bit, lambda b: b * per_bit)).set_ylabel("bits/dim")
     ax.set_title(f"{found.algorithm}: choosing K (validation fraction {found.validation_fraction:g})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")

@@ -47,7 +47,7 @@ def test_pooled_score_is_the_ratio_mean_with_client_se():
     sums, counts = np.array([100.0, 300.0, 250.0]), np.array([1, 2, 2])  # per-client means 100, 150, 125
     mean, se = pooled_score(sums, counts)
     assert mean == pytest.approx(650 / 5)
-    residuals = sums - mean * counts  # -30, 40, -10
+    # residuals s_c - mean * n_c: -30, 40, -10
     assert se == pytest.approx(math.sqrt((30**2 + 40**2 + 10**2) * 3 / 2) / 5)
     assert pooled_score(np.array([12.0]), np.array([3])) == (4.0, 0.0)  # one client: no spread
     assert pooled_score(np.array([10.0, 20.0]), np.array([1, 2]))[1] == 0.0  # equal means
