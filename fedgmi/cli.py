@@ -550,7 +550,7 @@ def select_k(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
         k_cfg.algorithm.init_args.num_components = k
         objs = select_parser.instantiate(k_cfg)
         if p.fabric.is_global_zero:
-            folder.mkdir()  # new: the run folder is new
+            folder.mkdir()  # inside a run folder made new for this selection: never overwrites
             fit_cfg = k_cfg.clone()  # what `fedgmi fit` runs (on the full training parts), into a new folder
             del fit_cfg["selection"]
             fit_cfg.update(Namespace(SAVED_CONFIG_RESET))

@@ -15,7 +15,8 @@ strategy once for every K = 1..``selection.k_max`` and scores each on data no co
    iterations), then computes on its validation part the negative mixture log-likelihood
    -log sum_k pi_ck p_k(x), with p_k(x) the evaluation's estimator (``evaluation.estimator``,
    IWAE by default, ``evaluation.num_samples``), and uploads two scalars: the sum of nats and
-   the count.
+   the count (and, as a diagnostic the rule does not use, two more: the sum of the personalised
+   classifier's cross-entropy -log p_c(y | x) and its number of correct predictions).
 4. The curve (:func:`pooled_score`): held-out NLL in nats per sample, pooled over the clients
    (sum of sums / sum of counts), with its standard error over clients; also in bits/dim.
 5. The choice (:func:`choose_k`): the one-standard-error rule (Hastie, Tibshirani & Friedman,
@@ -65,6 +66,7 @@ from fedgmi.federated.messages import tensor_bytes
 from fedgmi.federated.server import FederationConfig, LoopState, initialisation_stage, run_round
 from fedgmi.federated.strategy import ProblemSpec, Strategy
 from fedgmi.metrics import nats_to_bits_per_dim
+from fedgmi.models.personalized import mixture_predict
 from fedgmi.outputs import RunDirectory, format_bytes
 from fedgmi.plots import _new_figure, _save
 from fedgmi.validation import check_int, check_number
@@ -73,8 +75,8 @@ SPLIT_SALT = 0x5E1EC7
 """Mixed into the validation split's seed so that it draws apart from every other use of the
 run seed."""
 
-SCORE_BYTES_UP = 2 * 8
-"""Uplink bytes of one client's held-out score: two float64 scalars (sum of nats, count)."""
+SCORE_BYTES_UP = 4 * 8
+"""Uplink bytes of one client's held-out score: four float64 scalars (:class:`ClientScore`)."""
 
 
 @dataclass
@@ -149,11 +151,30 @@ def split_scenario(scenario, train_ids: Sequence[int], fraction: float, seed: in
 
 
 # --------------------------------------------------------------------------- the score
+@dataclass(frozen=True)
+class ClientScore:
+    """What one client uploads about its validation part.
+
+    Attributes:
+        nats: Sum over its samples of -log sum_k pi_ck p_k(x), nats (the score).
+        count: Number of samples.
+        cross_entropy: Sum of -log p_c(y | x) of its personalised classifier (DESIGN step 6),
+            nats (a diagnostic).
+        correct: Samples whose arg-max_y p_c(y | x) is their label (a diagnostic).
+    """
+
+    nats: float
+    count: int
+    cross_entropy: float
+    correct: int
+
+
 @torch.no_grad()
 def client_held_out_nll(strategy: Strategy, client, part: ValidationPart, config: EvalConfig,
-                        gen: torch.Generator) -> tuple[float, int]:
-    """One client's held-out score: (sum over its validation samples of
-    -log sum_k pi_ck p_k(x) in nats, number of samples), the two scalars it uploads.
+                        gen: torch.Generator) -> ClientScore:
+    """One client's held-out score (:class:`ClientScore`): the sum over its validation samples
+    of -log sum_k pi_ck p_k(x) in nats and their number, the two scalars of the score (plus the
+    personalised classifier's cross-entropy and correct count).
 
     pi_c (K,) is re-estimated on the client's fit part (``client.x_train``) with the strategy's
     E-step, as :func:`fedgmi.federated.evaluation.evaluate` does for a training client;
@@ -163,9 +184,14 @@ def client_held_out_nll(strategy: Strategy, client, part: ValidationPart, config
     lp, clp = strategy.client_component_outputs(cid, "train", client.x_train, *settings)  # (n_fit, K), (n_fit, K, Y)
     evidence = strategy.evidence(lp, clp, client.y_train.to(lp.device))
     pi = strategy.estimate_client_proportions(evidence, strategy.client_proportions(cid), config.proportion_iters)
-    lp_val, _ = strategy.client_component_outputs(cid, "train", part.x, *settings)  # (n_val, K)
-    log_mix = torch.logsumexp(pi.to(lp_val.device).log() + lp_val, dim=1)  # (n_val,) log p_c(x) in nats
-    return float(-log_mix.double().sum()), len(part.x)
+    lp_val, clp_val = strategy.client_component_outputs(cid, "train", part.x, *settings)  # (n_val, K), (n_val, K, Y)
+    log_pi = pi.to(lp_val.device).log()
+    log_mix = torch.logsumexp(log_pi + lp_val, dim=1)  # (n_val,) log p_c(x) in nats
+    probs = mixture_predict(log_pi, lp_val, clp_val)  # (n_val, Y) p_c(y | x)
+    y = part.y.to(probs.device)
+    picked = probs.gather(1, y[:, None]).squeeze(1).clamp_min(torch.finfo(probs.dtype).tiny)
+    return ClientScore(float(-log_mix.double().sum()), len(part.x), float(-picked.double().log().sum()),
+                       int((probs.argmax(1) == y).sum()))
 
 
 def pooled_score(sums: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
@@ -190,12 +216,11 @@ def choose_k(ks: Sequence[int], means: Sequence[float], ses: Sequence[float], se
     Raises:
         ValueError: no K has a finite score.
     """
-    scored = [(k, m) for k, m, s in zip(ks, means, ses) if math.isfinite(m) and math.isfinite(s)]
+    scored = [(m, s, k) for k, m, s in zip(ks, means, ses) if math.isfinite(m) and math.isfinite(s)]
     if not scored:
         raise ValueError("no K has a finite held-out score")
-    best = min(range(len(ks)), key=lambda i: means[i] if math.isfinite(means[i]) and math.isfinite(ses[i]) else math.inf)
-    threshold = means[best] + se_multiplier * ses[best]
-    return min(k for k, m in scored if m <= threshold)
+    best_nll, best_se, _ = min(scored)
+    return min(k for m, _, k in scored if m <= best_nll + se_multiplier * best_se)
 
 
 # --------------------------------------------------------------------------- one K
@@ -211,9 +236,12 @@ class KResult:
         wall_s: Seconds of training and scoring.
         bytes_up: Uplink bytes of the training (initialisation included).
         bytes_down: Downlink bytes of the training.
-        score_bytes_up: Uplink bytes of the score (two scalars per client).
+        score_bytes_up: Uplink bytes of the score (four scalars per client).
         score_bytes_down: Downlink bytes of the score (the global state to every scored client).
-        client_nll: Client id -> its held-out NLL, nats per sample.
+        val_cross_entropy: Held-out cross-entropy of the personalised classifiers, nats per
+            sample (a diagnostic).
+        val_accuracy: Their held-out accuracy (a diagnostic).
+        client_scores: Client id -> its :class:`ClientScore`.
     """
 
     k: int
@@ -225,11 +253,21 @@ class KResult:
     bytes_down: int
     score_bytes_up: int
     score_bytes_down: int
-    client_nll: dict[int, float] = field(default_factory=dict)
+    val_cross_entropy: float = math.nan
+    val_accuracy: float = math.nan
+    client_scores: dict[int, ClientScore] = field(default_factory=dict)
 
     def row(self) -> dict:
-        """The CSV row (every field but ``client_nll``)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "client_nll"}
+        """The CSV row (every field but ``client_scores``)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "client_scores"}
+
+    def paired_difference(self, other: KResult) -> tuple[float, float]:
+        """(NLL(self) - NLL(other), its SE) in nats per sample, paired by client (both K are
+        scored on the same validation parts): :func:`pooled_score` of the per-client
+        differences of sums. A diagnostic: the rule uses the unpaired SE."""
+        ids = sorted(self.client_scores)
+        diff = np.array([self.client_scores[c].nats - other.client_scores[c].nats for c in ids])
+        return pooled_score(diff, np.array([self.client_scores[c].count for c in ids]))
 
 
 def train_federated(strategy: Strategy, scenario, federation: FederationConfig, seed: int, channel: Channel,
@@ -251,8 +289,8 @@ def train_federated(strategy: Strategy, scenario, federation: FederationConfig, 
 
 
 def score_k(strategy: Strategy, scenario, validation: dict[int, ValidationPart], config: EvalConfig,
-            seed: int) -> tuple[dict[int, tuple[float, int]], int]:
-    """Every scored client's (sum of nats, count) and the downlink bytes of the scoring."""
+            seed: int) -> tuple[dict[int, ClientScore], int]:
+    """Every scored client's :class:`ClientScore` and the downlink bytes of the scoring."""
     gen = torch.Generator(strategy.fabric.device).manual_seed(seed)
     scores = {cid: client_held_out_nll(strategy, scenario.clients[cid], part, config, gen)
               for cid, part in validation.items()}
@@ -272,13 +310,19 @@ class Selection:
     num_dims: int
     true_k: int | None = None
 
+    @property
+    def best(self) -> KResult:
+        """The K of the lowest finite held-out NLL."""
+        return min(self.results, key=lambda r: r.nll if math.isfinite(r.nll) else math.inf)
+
     def to_json(self) -> dict:
-        best = min(self.results, key=lambda r: r.nll if math.isfinite(r.nll) else math.inf)
+        best = self.best
         return {"chosen_k": self.chosen_k, "best_k": best.k, "algorithm": self.algorithm,
                 "rule": f"smallest K with held_out_nll <= best + {self.se_multiplier:g} * se(best)",
                 "se_multiplier": self.se_multiplier, "validation_fraction": self.validation_fraction,
                 "scenario_k": self.true_k,
-                "curve": [{**r.row(), "client_nll": {str(c): v for c, v in r.client_nll.items()}}
+                "curve": [{**r.row(), **dict(zip(("nll_minus_best_paired", "se_paired"), r.paired_difference(best))),
+                           "client_nll": {str(c): v.nats / v.count for c, v in r.client_scores.items()}}
                           for r in self.results]}
 
 
@@ -330,15 +374,17 @@ def run_selection(make_run: MakeRun, scenario, federation: FederationConfig, eva
             state = train_federated(strategy, fit_scenario, federation, seed, channel, on_round, warn)
             bar.update(task, description=f"K = {k}: held-out score")
             scores, down = score_k(strategy, fit_scenario, validation, evaluation, seed)
-            sums, counts = (np.array([s[i] for s in scores.values()]) for i in (0, 1))
-            nll, se = pooled_score(sums, counts)
+            counts = np.array([v.count for v in scores.values()])
+            nll, se = pooled_score(np.array([v.nats for v in scores.values()]), counts)
             result = KResult(k, nll, se, nats_to_bits_per_dim(nll, dims), time.perf_counter() - started,
                              state.bytes_up, state.bytes_down, SCORE_BYTES_UP * len(scores), down,
-                             {c: s / n for c, (s, n) in scores.items()})
+                             sum(v.cross_entropy for v in scores.values()) / counts.sum(),
+                             sum(v.correct for v in scores.values()) / counts.sum(), scores)
             results.append(result)
             bar.update(task, description=f"K = {k}: done")
             bar.console.print(f"K = {k}: held-out NLL {nll:.2f} +- {se:.2f} nats/sample "
-                              f"({result.bits_per_dim:.4f} bits/dim), {result.wall_s:.0f} s")
+                              f"({result.bits_per_dim:.4f} bits/dim; personalised accuracy "
+                              f"{result.val_accuracy:.3f}), {result.wall_s:.0f} s")
             if out is not None:  # a run stopped later keeps the curve so far
                 _write_k(out.path, result, scores)
                 write_curve_csv(run_dir / "selection.csv", results)
@@ -353,18 +399,20 @@ def run_selection(make_run: MakeRun, scenario, federation: FederationConfig, eva
 
 # --------------------------------------------------------------------------- outputs
 CSV_FIELDS = ("k", "nll", "se", "bits_per_dim", "wall_s", "bytes_up", "bytes_down", "score_bytes_up",
-              "score_bytes_down")
-"""Columns of selection.csv (nll and se in nats per sample)."""
+              "score_bytes_down", "val_cross_entropy", "val_accuracy")
+"""Columns of selection.csv (nll, se and val_cross_entropy in nats per sample)."""
 
 
-def _write_k(folder: Path, result: KResult, scores: dict[int, tuple[float, int]]) -> None:
-    """A K folder's metrics.json (its row) and held_out.csv (client, count, sum, mean nats)."""
+def _write_k(folder: Path, result: KResult, scores: dict[int, ClientScore]) -> None:
+    """A K folder's metrics.json (its row) and held_out.csv (client, count, sum and mean of
+    nats, cross-entropy sum, correct)."""
     (folder / "metrics.json").write_text(json.dumps(result.row(), indent=2))
     with (folder / "held_out.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["client", "count", "nats_sum", "nll"])
-        for cid, (s, n) in scores.items():
-            writer.writerow([cid, n, f"{s:.6f}", f"{s / n:.6f}"])
+        writer.writerow(["client", "count", "nats_sum", "nll", "cross_entropy_sum", "correct"])
+        for cid, v in scores.items():
+            writer.writerow([cid, v.count, f"{v.nats:.6f}", f"{v.nats / v.count:.6f}", f"{v.cross_entropy:.6f}",
+                             v.correct])
 
 
 def write_selection(run_dir: Path, found: Selection) -> dict[str, Path]:
@@ -392,7 +440,7 @@ def plot_selection(found: Selection, path: Path) -> Path:
     ks = [r.k for r in found.results]
     ax.errorbar(ks, [r.nll for r in found.results], yerr=[r.se for r in found.results], marker="o",
                 capsize=4, label="held-out NLL +- 1 SE")
-    best = min(found.results, key=lambda r: r.nll if math.isfinite(r.nll) else math.inf)
+    best = found.best
     ax.axhline(best.nll + found.se_multiplier * best.se, color="grey", linestyle="--",
                label=f"best + {found.se_multiplier:g} SE")
     chosen = next(r for r in found.results if r.k == found.chosen_k)
@@ -412,12 +460,12 @@ def plot_selection(found: Selection, path: Path) -> Path:
 def print_selection(found: Selection, run_dir: Path, console: Console) -> None:
     """The curve as a table, then the chosen K and where the outputs are."""
     table = Table(title=f"fedgmi select_k: held-out NLL of {found.algorithm} by K")
-    for name in ("K", "NLL (nats/sample)", "SE", "bits/dim", "wall s", "bytes up", "bytes down"):
+    for name in ("K", "NLL (nats/sample)", "SE", "bits/dim", "accuracy", "wall s", "bytes up", "bytes down"):
         table.add_column(name, justify="right")
     for r in found.results:
         mark = " *" if r.k == found.chosen_k else ""
-        table.add_row(f"{r.k}{mark}", f"{r.nll:.3f}", f"{r.se:.3f}", f"{r.bits_per_dim:.4f}", f"{r.wall_s:.1f}",
-                      format_bytes(r.bytes_up), format_bytes(r.bytes_down))
+        table.add_row(f"{r.k}{mark}", f"{r.nll:.3f}", f"{r.se:.3f}", f"{r.bits_per_dim:.4f}",
+                      f"{r.val_accuracy:.3f}", f"{r.wall_s:.1f}", format_bytes(r.bytes_up), format_bytes(r.bytes_down))
     console.print(table)
     console.print(f"chosen K = {found.chosen_k} (smallest K within {found.se_multiplier:g} SE of the best)")
     console.print(f"outputs: {run_dir}")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fedgmi.cli import main
-from fedgmi.selection import choose_k, pooled_score, validation_split
+from fedgmi.selection import ClientScore, KResult, choose_k, pooled_score, validation_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +51,18 @@ def test_pooled_score_is_the_ratio_mean_with_client_se():
     assert se == pytest.approx(math.sqrt((30**2 + 40**2 + 10**2) * 3 / 2) / 5)
     assert pooled_score(np.array([12.0]), np.array([3])) == (4.0, 0.0)  # one client: no spread
     assert pooled_score(np.array([10.0, 20.0]), np.array([1, 2]))[1] == 0.0  # equal means
+
+
+def test_paired_difference_removes_the_spread_between_clients():
+    def result(k, sums):
+        return KResult(k, 0, 0, 0, 0, 0, 0, 0, 0, client_scores={c: ClientScore(s, 10, 0.0, 0)
+                                                                  for c, s in enumerate(sums)})
+
+    # clients differ a lot (SE of each K is large), but K = 2 is 5 nats/sample better on each
+    three, two = result(3, [1000.0, 2000.0, 3000.0]), result(2, [1050.0, 2050.0, 3050.0])
+    assert pooled_score(np.array([1050.0, 2050.0, 3050.0]), np.array([10] * 3))[1] > 20
+    assert two.paired_difference(three) == pytest.approx((5.0, 0.0))
+    assert three.paired_difference(three) == (0.0, 0.0)
 
 
 # --------------------------------------------------------------------------- the split
@@ -100,9 +112,9 @@ def test_select_k_on_mnist_writes_a_finite_curve(data_env, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [int(r["k"]) for r in rows] == [1, 2]
     for r in rows:
-        for key in ("nll", "se", "bits_per_dim", "wall_s", "bytes_up", "bytes_down"):
+        for key in ("nll", "se", "bits_per_dim", "wall_s", "bytes_up", "bytes_down", "val_cross_entropy"):
             assert math.isfinite(float(r[key])), (key, r)
-        assert float(r["nll"]) > 0 and float(r["bytes_up"]) > 0
+        assert float(r["nll"]) > 0 and float(r["bytes_up"]) > 0 and 0 <= float(r["val_accuracy"]) <= 1
     assert float(rows[1]["bytes_up"]) > float(rows[0]["bytes_up"])  # two components cost more uplink
     found = json.loads((out / "selection.json").read_text())
     assert found["chosen_k"] in (1, 2) and len(found["curve"]) == 2
@@ -110,6 +122,7 @@ def test_select_k_on_mnist_writes_a_finite_curve(data_env, tmp_path, capsys):
         folder = out / f"k{k}"
         assert (folder / "metrics.csv").is_file() and (folder / "held_out.csv").is_file()
         assert f"num_components: {k}" in (folder / "config.yaml").read_text()
+        assert math.isfinite(found["curve"][k - 1]["se_paired"])
         clients = found["curve"][k - 1]["client_nll"]
         assert len(clients) == 4 and all(math.isfinite(v) for v in clients.values())
     # a run folder belongs to one run
