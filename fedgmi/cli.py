@@ -4,7 +4,8 @@
 same round, client state and random state); ``fedgmi test --config FILE --ckpt_path PATH``
 evaluates a finished run's checkpoint without training and writes the same metric files;
 ``fedgmi validate --config FILE`` checks a config, its data files and a checkpoint, and runs
-nothing.
+nothing; ``fedgmi select_k --config FILE --selection.k_max 5`` chooses the number of components
+K by held-out federated likelihood (:mod:`fedgmi.selection`).
 
 Follows LightningCLI's conventions through jsonargparse: ``--config`` (repeatable, later files
 and flags override earlier ones), ``--print_config``, dotted overrides such as
@@ -80,6 +81,7 @@ from fedgmi.outputs import (
     timestamp,
 )
 from fedgmi.report import write_plots
+from fedgmi.selection import SelectionConfig, check_selectable, print_selection, run_selection
 from fedgmi.tracking import LoggingConfig
 from fedgmi.validation import check_choice, check_int
 
@@ -221,6 +223,10 @@ def build_parser() -> ArgumentParser:
         "Check a config (every field, the data files, the checkpoint, the output folder) without "
         "running or writing anything.",
         "a checkpoint to check too", overwrite=True))
+    select = _run_parser("Choose K: train K = 1..selection.k_max components on the clients' fit parts and "
+                         "score each on their validation parts (fedgmi.selection).", None)
+    select.add_class_arguments(SelectionConfig, "selection")
+    subcommands.add_subcommand("select_k", select)
     return parser
 
 
@@ -320,6 +326,8 @@ def _check_output(subcommand: str, sub_cfg: Namespace) -> None:
             _same_path(path, ckpt_run)
         if subcommand != "validate" and not resuming_here and not sub_cfg.get("overwrite") and _env_rank() == 0:
             from fedgmi.outputs import holds_run
+            if holds_run(path) and subcommand == "select_k":
+                raise ConfigError(f"output_dir = {str(path)!r} already holds a run; give a new --output_dir")
             if holds_run(path):
                 claim_run_dir("output_dir", path, overwrite=False)  # raises the one-line refusal
     elif subcommand == "test" and ckpt_run is not None:
@@ -364,10 +372,11 @@ def _run_path(subcommand: str, sub_cfg: Namespace, objs: Namespace) -> Path:
         raise ConfigError(f"output_dir = {str(target)!r} cannot be created ({err.strerror or err})") from None
 
 
-def prepare(parser: ArgumentParser, cfg: Namespace) -> Prepared:
+def prepare(parser: ArgumentParser, cfg: Namespace, checked: tuple | None = None) -> Prepared:
     """Config -> scenario, strategy (set up, restored from the checkpoint if any), Fabric and run
-    directory (created once every input checked; config.yaml written once everything matched)."""
-    objs, scenario, checkpoint = instantiate(parser, cfg)
+    directory (created once every input checked; config.yaml written once everything matched).
+    ``checked``: what :func:`instantiate` returned, when the caller ran it already."""
+    objs, scenario, checkpoint = checked or instantiate(parser, cfg)
     sub_parser = parser._subcommands_action._name_parser_map[cfg.subcommand]
     sub_cfg = cfg[cfg.subcommand]
     path = _run_path(cfg.subcommand, sub_cfg, objs)
@@ -526,6 +535,43 @@ def validate(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
     return {}
 
 
+def select_k(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
+    """Choose K (:mod:`fedgmi.selection`): one run folder with a ``k<K>/`` folder per K (its
+    config.yaml, runnable by ``fedgmi fit``, per-round metrics.csv, per-client held_out.csv),
+    selection.json, selection.csv and selection.png."""
+    checked = instantiate(parser, cfg)
+    check_selectable(checked[0].algorithm)  # before any folder is created
+    p = prepare(parser, cfg, checked)
+    sub_cfg, fit_parser = cfg.select_k, parser._subcommands_action._name_parser_map["fit"]
+    select_parser = parser._subcommands_action._name_parser_map["select_k"]
+
+    def make_run(k: int, folder: Path) -> tuple[Strategy, Channel]:
+        k_cfg = sub_cfg.clone()
+        k_cfg.algorithm.init_args.num_components = k
+        objs = select_parser.instantiate(k_cfg)
+        if p.fabric.is_global_zero:
+            folder.mkdir()  # inside a run folder made new for this selection: never overwrites
+            fit_cfg = k_cfg.clone()  # what `fedgmi fit` runs (on the full training parts), into a new folder
+            del fit_cfg["selection"]
+            fit_cfg.update(Namespace(SAVED_CONFIG_RESET))
+            (folder / "config.yaml").write_text(fit_parser.dump(fit_cfg))
+        return objs.algorithm, objs.channel
+
+    try:
+        found = run_selection(make_run, p.scenario, p.objs.federation, p.objs.evaluation, p.objs.selection,
+                              sub_cfg.seed, p.fabric, p.run.path, console,
+                              progress=console.is_terminal and p.fabric.is_global_zero)
+    except TrainingDiverged as err:
+        raise Stopped(f"training diverged at {err}; outputs so far are in {p.run.path}", 1) from None
+    except KeyboardInterrupt:
+        raise Stopped(f"SIGINT: selection stopped; the K finished so far are in {p.run.path}",
+                      128 + signal.SIGINT) from None
+    if p.fabric.is_global_zero:
+        tracking.finish(p.fabric, {"selection": p.run.path / "selection.png"})
+        print_selection(found, p.run.path, console)
+    return found.to_json()
+
+
 class Stopped(Exception):
     """The run stopped before its end (a signal, or divergence); carries the exit status."""
 
@@ -570,7 +616,7 @@ def stop_on_signals(console: Console, resume: str = "", checkpoint: Path | None 
                 signal.signal(sig, old)
 
 
-COMMANDS = {"fit": fit, "test": test, "validate": validate}
+COMMANDS = {"fit": fit, "test": test, "validate": validate, "select_k": select_k}
 
 
 def main(argv: list[str] | None = None) -> int:
