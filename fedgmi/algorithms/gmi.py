@@ -242,8 +242,9 @@ class FedGMI(ParameterVectorStrategy):
         its whole classifier; in "shared_body" the VAE only (the heads live in
         :meth:`build_classifiers`)."""
         spec = self.spec
+        vae = self.component_factory(spec.image_shape)  # first: the seeded draws of the paper layout are unchanged
         head = None if self.shared_body else self.classifier_factory(spec.image_shape, spec.num_classes)
-        return MixtureComponent(self.component_factory(spec.image_shape), head)
+        return MixtureComponent(vae, head)
 
     def build_classifiers(self) -> ComponentClassifiers:
         """The K class predictors as one module, (B, D) -> (B, K, Y) logits: the body and K
