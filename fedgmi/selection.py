@@ -69,7 +69,10 @@ from fedgmi.metrics import nats_to_bits_per_dim
 from fedgmi.models.personalized import mixture_predict
 from fedgmi.outputs import RunDirectory, format_bytes
 from fedgmi.plots import _new_figure, _save
-from fedgmi.validation import check_int, check_number
+from fedgmi.validation import check_choice, check_int, check_number
+
+CRITERIA = ("nll", "cross_entropy")
+"""Held-out scores the rule can read (:class:`SelectionConfig`)."""
 
 SPLIT_SALT = 0x5E1EC7
 """Mixed into the validation split's seed so that it draws apart from every other use of the
@@ -89,17 +92,22 @@ class SelectionConfig:
             the score, in (0, 1); every client keeps at least one sample on each side.
         se_multiplier: Tolerance of the rule in standard errors of the best K (>= 0; 1 = the
             one-standard-error rule, 0 = the best score).
+        criterion: The held-out score the rule reads: "nll" (-log sum_k pi_ck p_k(x), label-free)
+            or "cross_entropy" (-log p_c(y | x) of the personalised prediction; it needs the
+            validation labels, which training clients have).
     """
 
     k_max: int = 5
     validation_fraction: float = 0.2
     se_multiplier: float = 1.0
+    criterion: str = "nll"
 
     def __post_init__(self) -> None:
         check_int("selection.k_max", self.k_max, 1)
         check_number("selection.validation_fraction", self.validation_fraction, 0, 1, low_open=True,
                      high_open=True)
         check_number("selection.se_multiplier", self.se_multiplier, 0)
+        check_choice("selection.criterion", self.criterion, CRITERIA)
 
 
 def check_selectable(strategy: Strategy) -> None:
@@ -239,7 +247,8 @@ class KResult:
         score_bytes_up: Uplink bytes of the score (four scalars per client).
         score_bytes_down: Downlink bytes of the score (the global state to every scored client).
         val_cross_entropy: Held-out cross-entropy of the personalised classifiers, nats per
-            sample (a diagnostic).
+            sample (the "cross_entropy" criterion).
+        ce_se: Its standard error over clients, nats.
         val_accuracy: Their held-out accuracy (a diagnostic).
         client_scores: Client id -> its :class:`ClientScore`.
     """
@@ -255,7 +264,12 @@ class KResult:
     score_bytes_down: int
     val_cross_entropy: float = math.nan
     val_accuracy: float = math.nan
+    ce_se: float = math.nan
     client_scores: dict[int, ClientScore] = field(default_factory=dict)
+
+    def score(self, criterion: str = "nll") -> tuple[float, float]:
+        """(mean, SE) of the held-out score the rule reads, nats per sample."""
+        return (self.nll, self.se) if criterion == "nll" else (self.val_cross_entropy, self.ce_se)
 
     def row(self) -> dict:
         """The CSV row (every field but ``client_scores``)."""
@@ -309,16 +323,19 @@ class Selection:
     algorithm: str
     num_dims: int
     true_k: int | None = None
+    criterion: str = "nll"
 
     @property
     def best(self) -> KResult:
-        """The K of the lowest finite held-out NLL."""
-        return min(self.results, key=lambda r: r.nll if math.isfinite(r.nll) else math.inf)
+        """The K of the lowest finite held-out score (the criterion's)."""
+        return min(self.results, key=lambda r: r.score(self.criterion)[0]
+                   if math.isfinite(r.score(self.criterion)[0]) else math.inf)
 
     def to_json(self) -> dict:
         best = self.best
         return {"chosen_k": self.chosen_k, "best_k": best.k, "algorithm": self.algorithm,
-                "rule": f"smallest K with held_out_nll <= best + {self.se_multiplier:g} * se(best)",
+                "criterion": self.criterion,
+                "rule": f"smallest K with held-out {self.criterion} <= best + {self.se_multiplier:g} * se(best)",
                 "se_multiplier": self.se_multiplier, "validation_fraction": self.validation_fraction,
                 "scenario_k": self.true_k,
                 "curve": [{**r.row(), **dict(zip(("nll_minus_best_paired", "se_paired"), r.paired_difference(best))),
@@ -376,10 +393,10 @@ def run_selection(make_run: MakeRun, scenario, federation: FederationConfig, eva
             scores, down = score_k(strategy, fit_scenario, validation, evaluation, seed)
             counts = np.array([v.count for v in scores.values()])
             nll, se = pooled_score(np.array([v.nats for v in scores.values()]), counts)
+            ce, ce_se = pooled_score(np.array([v.cross_entropy for v in scores.values()]), counts)
             result = KResult(k, nll, se, nats_to_bits_per_dim(nll, dims), time.perf_counter() - started,
-                             state.bytes_up, state.bytes_down, SCORE_BYTES_UP * len(scores), down,
-                             sum(v.cross_entropy for v in scores.values()) / counts.sum(),
-                             sum(v.correct for v in scores.values()) / counts.sum(), scores)
+                             state.bytes_up, state.bytes_down, SCORE_BYTES_UP * len(scores), down, ce,
+                             sum(v.correct for v in scores.values()) / counts.sum(), ce_se, scores)
             results.append(result)
             bar.update(task, description=f"K = {k}: done")
             bar.console.print(f"K = {k}: held-out NLL {nll:.2f} +- {se:.2f} nats/sample "
@@ -388,10 +405,10 @@ def run_selection(make_run: MakeRun, scenario, federation: FederationConfig, eva
             if out is not None:  # a run stopped later keeps the curve so far
                 _write_k(out.path, result, scores)
                 write_curve_csv(run_dir / "selection.csv", results)
-    chosen = choose_k([r.k for r in results], [r.nll for r in results], [r.se for r in results],
-                      selection.se_multiplier)
+    means, ses = zip(*(r.score(selection.criterion) for r in results))
+    chosen = choose_k([r.k for r in results], means, ses, selection.se_multiplier)
     found = Selection(results, chosen, selection.se_multiplier, selection.validation_fraction, algorithm, dims,
-                      getattr(scenario, "num_components", None))
+                      getattr(scenario, "num_components", None), selection.criterion)
     if write:
         write_selection(run_dir, found)
     return found
@@ -399,8 +416,8 @@ def run_selection(make_run: MakeRun, scenario, federation: FederationConfig, eva
 
 # --------------------------------------------------------------------------- outputs
 CSV_FIELDS = ("k", "nll", "se", "bits_per_dim", "wall_s", "bytes_up", "bytes_down", "score_bytes_up",
-              "score_bytes_down", "val_cross_entropy", "val_accuracy")
-"""Columns of selection.csv (nll, se and val_cross_entropy in nats per sample)."""
+              "score_bytes_down", "val_cross_entropy", "val_accuracy", "ce_se")
+"""Columns of selection.csv (nll, se, val_cross_entropy and ce_se in nats per sample)."""
 
 
 def _write_k(folder: Path, result: KResult, scores: dict[int, ClientScore]) -> None:
@@ -433,24 +450,25 @@ def write_curve_csv(path: Path, results: Sequence[KResult]) -> None:
 
 
 def plot_selection(found: Selection, path: Path) -> Path:
-    """Held-out NLL (nats/sample, left axis; bits/dim, right) against K with +-1 SE bars, the
-    rule's threshold (dashed) and the chosen K (red)."""
+    """The criterion's held-out score (nats/sample; NLL also in bits/dim, right axis) against K
+    with +-1 SE bars, the rule's threshold (dashed) and the chosen K (red)."""
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     ks = [r.k for r in found.results]
-    ax.errorbar(ks, [r.nll for r in found.results], yerr=[r.se for r in found.results], marker="o",
-                capsize=4, label="held-out NLL +- 1 SE")
-    best = found.best
-    ax.axhline(best.nll + found.se_multiplier * best.se, color="grey", linestyle="--",
+    name = "NLL" if found.criterion == "nll" else "cross-entropy of p_c(y | x)"
+    means, ses = zip(*(r.score(found.criterion) for r in found.results))
+    ax.errorbar(ks, means, yerr=ses, marker="o", capsize=4, label=f"held-out {name} +- 1 SE")
+    best_mean, best_se = found.best.score(found.criterion)
+    ax.axhline(best_mean + found.se_multiplier * best_se, color="grey", linestyle="--",
                label=f"best + {found.se_multiplier:g} SE")
-    chosen = next(r for r in found.results if r.k == found.chosen_k)
-    ax.plot([chosen.k], [chosen.nll], marker="*", markersize=16, color="red", linestyle="none",
-            label=f"chosen K = {chosen.k}")
+    ax.plot([found.chosen_k], [means[ks.index(found.chosen_k)]], marker="*", markersize=16, color="red",
+            linestyle="none", label=f"chosen K = {found.chosen_k}")
     ax.set_xticks(ks)
     ax.set_xlabel("K (components learned)")
-    ax.set_ylabel("held-out NLL (nats per sample)")
-    per_bit = found.num_dims * math.log(2.0)  # nats per (bits/dim)
-    ax.secondary_yaxis("right", functions=(lambda n: n / per_bit, lambda b: b * per_bit)).set_ylabel("bits/dim")
+    ax.set_ylabel(f"held-out {name} (nats per sample)")
+    if found.criterion == "nll":
+        per_bit = found.num_dims * math.log(2.0)  # nats per (bits/dim)
+        ax.secondary_yaxis("right", functions=(lambda n: n / per_bit, lambda b: b * per_bit)).set_ylabel("bits/dim")
     ax.set_title(f"{found.algorithm}: choosing K (validation fraction {found.validation_fraction:g})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
@@ -459,13 +477,16 @@ def plot_selection(found: Selection, path: Path) -> Path:
 
 def print_selection(found: Selection, run_dir: Path, console: Console) -> None:
     """The curve as a table, then the chosen K and where the outputs are."""
-    table = Table(title=f"fedgmi select_k: held-out NLL of {found.algorithm} by K")
-    for name in ("K", "NLL (nats/sample)", "SE", "bits/dim", "accuracy", "wall s", "bytes up", "bytes down"):
+    table = Table(title=f"fedgmi select_k: held-out scores of {found.algorithm} by K")
+    for name in ("K", "NLL (nats/sample)", "SE", "bits/dim", "cross-entropy", "SE", "accuracy", "wall s", "bytes up",
+                 "bytes down"):
         table.add_column(name, justify="right")
     for r in found.results:
         mark = " *" if r.k == found.chosen_k else ""
         table.add_row(f"{r.k}{mark}", f"{r.nll:.3f}", f"{r.se:.3f}", f"{r.bits_per_dim:.4f}",
-                      f"{r.val_accuracy:.3f}", f"{r.wall_s:.1f}", format_bytes(r.bytes_up), format_bytes(r.bytes_down))
+                      f"{r.val_cross_entropy:.4f}", f"{r.ce_se:.4f}", f"{r.val_accuracy:.3f}", f"{r.wall_s:.1f}",
+                      format_bytes(r.bytes_up), format_bytes(r.bytes_down))
     console.print(table)
-    console.print(f"chosen K = {found.chosen_k} (smallest K within {found.se_multiplier:g} SE of the best)")
+    console.print(f"chosen K = {found.chosen_k} (smallest K whose held-out {found.criterion} is within "
+                  f"{found.se_multiplier:g} SE of the best)")
     console.print(f"outputs: {run_dir}")

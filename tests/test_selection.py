@@ -142,3 +142,26 @@ def test_select_k_refuses_bad_input_with_one_line(data_env, tmp_path, capsys, ex
     err = capsys.readouterr().err.strip()
     assert key in err and len(err.splitlines()) == 1, err
     assert not out.exists()  # refused before any folder is made
+
+
+def test_the_cross_entropy_criterion_reads_the_classifier_curve_not_the_likelihood():
+    from fedgmi.selection import Selection
+
+    def result(k, nll, ce):  # NLL keeps falling with K; the cross-entropy bottoms out at K = 2
+        return KResult(k, nll, 0.1, 0, 0, 0, 0, 0, 0, val_cross_entropy=ce, ce_se=0.01)
+
+    results = [result(1, 10.0, 0.9), result(2, 9.0, 0.30), result(3, 8.0, 0.295)]
+    by_nll = Selection(results, 0, 1.0, 0.2, "FedGMI", 784)
+    by_ce = Selection(results, 0, 1.0, 0.2, "FedGMI", 784, criterion="cross_entropy")
+    assert by_nll.best.k == 3 and by_ce.best.k == 3
+    means, ses = zip(*(r.score("cross_entropy") for r in results))
+    assert choose_k([1, 2, 3], means, ses) == 2  # 0.30 <= 0.295 + 0.01
+    assert choose_k([1, 2, 3], *zip(*(r.score("nll") for r in results))) == 3
+
+
+def test_an_unknown_criterion_is_a_config_error():
+    from fedgmi.errors import ConfigError
+    from fedgmi.selection import SelectionConfig
+
+    with pytest.raises(ConfigError, match="selection.criterion"):
+        SelectionConfig(criterion="aic")
