@@ -1,16 +1,22 @@
 """FedGMI: federated generative mixture inference (Hou, Shi, Fan, Letaief, arXiv 2605.08760).
 
-K components, each a VAE density estimator of x plus a classifier head p_k(y | x). One round
-(DESIGN.md, steps 1-5):
+K components, each a VAE density estimator of x plus a class predictor p_k(y | x): a head on a
+classifier body shared by all components (``classifier_sharing="shared_body"``, the default:
+the body is trained by every client on all its samples and averaged with weights n_c as one
+more update, index K) or a whole classifier per component ("separate", the paper's layout).
+One round (DESIGN.md, steps 1-5):
 
-1. the server sends the K component parameter vectors to the sampled clients;
+1. the server sends the component parameter vectors (and the body) to the sampled clients;
 2. client E-step: log r_ik = log pi_ck + log p_k(x_i) - logsumexp_k(...), with log p_k(x) the
    ELBO (or IWAE bound) of component k ("label_free"), plus log p_k(y_i | x_i) ("joint");
 3. client M-step: pi_c = mean_i r_ik (iterated ``proportion_iters`` times with the likelihoods
    fixed), then each component k trains on the client's data weighted by r_ik (weighted
-   negative ELBO plus weighted cross-entropy of its head) for ``local_epochs`` epochs;
-4. the client uploads per-component deltas and weights w_ck = sum_i r_ik;
-5. the server averages each component's deltas with weights w_ck.
+   negative ELBO, plus its head's weighted cross-entropy in the "separate" layout) for
+   ``local_epochs`` epochs; with a shared body, the body and the K heads then train together
+   on the r_ik-weighted cross-entropy for ``classifier_epochs`` epochs;
+4. the client uploads per-component deltas and weights w_ck = sum_i r_ik (and the body's delta
+   with weight n_c);
+5. the server averages each update with its weights.
 
 Symmetry breaking (documented choice, measured in the README): with ``init="topic"`` (default)
 the first ``warmup_rounds`` rounds take their responsibilities from a federated topic model
@@ -28,6 +34,7 @@ from functools import partial
 import torch
 
 from fedgmi.algorithms.topic_init import TopicInit, fit_topic_init
+from fedgmi.errors import ConfigError
 from fedgmi.federated.messages import ClientReply, ClientTask
 from fedgmi.federated.responsibilities import check_rule, estimate_proportions, label_log_likelihood
 from fedgmi.federated.strategy import (
@@ -45,7 +52,6 @@ from fedgmi.federated.worker import (
     copy_into_parameters,
     initial_vectors,
 )
-from fedgmi.errors import ConfigError
 from fedgmi.models import ESTIMATORS, ComponentVAE
 from fedgmi.models.component import MixtureComponent
 from fedgmi.models.component_classifiers import (

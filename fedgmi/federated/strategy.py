@@ -63,7 +63,7 @@ class ProblemSpec:
     train_examples: int | None = None
 
     @classmethod
-    def of(cls, scenario: Any, strategy: "Strategy", train_examples: int | None = None) -> "ProblemSpec":
+    def of(cls, scenario: Any, strategy: Strategy, train_examples: int | None = None) -> ProblemSpec:
         """The spec of ``scenario`` for ``strategy``: K is the strategy's
         :attr:`Strategy.num_components` when set (learned K may differ from the scenario's true
         K), else the scenario's."""

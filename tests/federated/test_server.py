@@ -125,6 +125,7 @@ def test_a_malformed_reply_stops_the_round_with_the_contract_error(scenario):
 
     strategy.client_update = one_weight_too_few
     cfg = FederationConfig(rounds=1, client_fraction=1.0)
-    with pytest.raises(ContractError, match="FedGMI: ClientReply.updates has 3 entries but aggregation_weights "
-                                            "has shape \\(2,\\)"):
+    # K = 3 components and the shared classifier body: four updates
+    with pytest.raises(ContractError, match="FedGMI: ClientReply.updates has 4 entries but aggregation_weights "
+                                            "has shape \\(3,\\)"):
         run_round(strategy, scenario, cfg, 0, 0, list(range(len(scenario.clients))), LoopState(), print)
