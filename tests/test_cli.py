@@ -140,10 +140,11 @@ FEATURE_SPACE = {"PFedGM", "FedVTC"}
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_every_algorithm_by_class_name_keeps_the_configs_cnn_head(name):
     """jsonargparse keeps the init_args the new class also accepts when only the class changes
-    (its documented rule; the others are dropped), so switching keeps pm_mnist's CNN head (and
-    drops it for the feature-space methods, which have none)."""
+    (its documented rule; the others are dropped), so switching keeps the paper-layout config's
+    CNN head (and drops it for the feature-space methods, which have none; configs/pm_mnist.yaml
+    has a shared body instead of a classifier)."""
     parser = build_parser()
-    cfg = parser.parse_args(["fit", "--config", str(ROOT / "configs" / "pm_mnist.yaml"), "--algorithm", name])
+    cfg = parser.parse_args(["fit", "--config", str(ROOT / "configs" / "pm_mnist_paper.yaml"), "--algorithm", name])
     objs = parser._subcommands_action._name_parser_map["fit"].instantiate(cfg.fit)
     assert type(objs.algorithm).__name__ == name
     init_args = cfg.fit.algorithm.init_args
