@@ -165,3 +165,24 @@ def test_an_unknown_criterion_is_a_config_error():
 
     with pytest.raises(ConfigError, match="selection.criterion"):
         SelectionConfig(criterion="aic")
+
+
+def test_paired_rule_tells_apart_what_the_client_spread_hides():
+    from fedgmi.selection import Selection
+
+    def result(k, sums):
+        return KResult(k, sum(sums) / 30, pooled_score(np.array(sums), np.array([10] * 3))[1], 0, 0, 0, 0, 0, 0,
+                       client_scores={c: ClientScore(s, 10, 0.0, 0) for c, s in enumerate(sums)})
+
+    # clients differ by ~100 nats/sample; K = 2 is 1 nat/sample worse than K = 3 on every client
+    results = [result(1, [2000.0, 3000.0, 4000.0]), result(2, [1010.0, 2010.0, 3010.0]),
+               result(3, [1000.0, 2000.0, 3000.0])]
+    client = Selection(results, 0, 1.0, 0.2, "FedGMI", 784, standard_error="client").choose()
+    paired = Selection(results, 0, 1.0, 0.2, "FedGMI", 784, standard_error="paired").choose()
+    assert client.chosen_k == 2  # 1 nat is inside the client SE (~58)
+    assert paired.chosen_k == 3  # and far outside the paired one (0)
+    assert paired.thresholds() == pytest.approx([200.0, 200.0, 200.0])  # best 6000 / 30, SEs 0
+    noisy = [result(2, [1012.0, 2010.0, 3008.0]), result(3, [1000.0, 2000.0, 3000.0])]  # diffs 1.2, 1.0, 0.8
+    assert Selection(noisy, 0, 1.0, 0.2, "FedGMI", 784, standard_error="paired").choose().chosen_k == 3
+    assert Selection(noisy, 0, 20.0, 0.2, "FedGMI", 784, standard_error="paired").choose().chosen_k == 2
+    assert "paired" in paired.rule() and paired.to_json()["standard_error"] == "paired"

@@ -106,6 +106,10 @@ class FedGMI(ParameterVectorStrategy):
         classifier_epochs: "shared_body" only: local epochs of the body and heads per round
             (``None`` = ``local_epochs``); one pass trains all K heads, so it costs about 1/K
             of a VAE's epochs.
+        head_epochs: "shared_body" only: after those epochs, the heads alone train this many
+            more epochs on the body's features, computed once per round (no gradient through the
+            body, so an epoch costs a small fraction of a body epoch; 0 = none). Paper: silent
+            (whole classifiers); here: measured in the README.
         head_loss: "shared_body" only: how the body and heads fit the labels. "weighted":
             each head's cross-entropy weighted by r_ik
             (:func:`~fedgmi.models.component_classifiers.responsibility_weighted_cross_entropy`);
@@ -140,6 +144,11 @@ class FedGMI(ParameterVectorStrategy):
         proportion_iters: EM iterations on pi with likelihoods fixed, per E-step.
         min_mass: A client trains and uploads component k only when w_ck = sum_i r_ik is at
             least this (in samples); smaller contributions are dropped.
+        train_top_m: A client trains (and returns) only its m components of largest w_ck
+            per round (``None`` = every component above ``min_mass``). Paper: silent (every
+            component trains); here: with partial upload (``channel.upload_top_m``) the
+            components a client would not send need not be trained, which saves their
+            local epochs (measured in the README).
         weight_floor: Samples with r_ik below this are skipped when training component k.
         init: Symmetry breaking, "topic" (default) or "random" (see module docstring).
         warmup_rounds: Rounds whose responsibilities come from the topic model ("topic").
@@ -190,6 +199,8 @@ class FedGMI(ParameterVectorStrategy):
         head_loss: str = "weighted",
         classifier_epochs: int | None = None,
         topic_iters: int = 200,
+        train_top_m: int | None = None,
+        head_epochs: int = 0,
     ) -> None:
         check_rule(responsibility, temperature)
         check_choice("algorithm.init_args.classifier_sharing", classifier_sharing, SHARINGS)
@@ -198,8 +209,10 @@ class FedGMI(ParameterVectorStrategy):
         if unused[1] is not None:
             raise ConfigError(f"algorithm.init_args.{unused[0]} is set but classifier_sharing = "
                               f"{classifier_sharing!r} does not use it (classifier: separate; body: shared_body)")
-        if num_components is not None:
-            check_int("algorithm.init_args.num_components", num_components, 1)
+        for name, value in [("num_components", num_components), ("train_top_m", train_top_m)]:
+            if value is not None:
+                check_int(f"algorithm.init_args.{name}", value, 1)
+        self.train_top_m = train_top_m
         self.num_components = num_components
         for name, value, allowed in [("init", init, INITS), ("estep", estep, ESTEPS),
                                      ("estimator", estimator, ESTIMATORS)]:
@@ -208,6 +221,7 @@ class FedGMI(ParameterVectorStrategy):
             ("num_samples", num_samples, 1), ("proportion_iters", proportion_iters, 1),
             ("warmup_rounds", warmup_rounds, 0), ("topic_clusters", topic_clusters, 2),
             ("topic_restarts", topic_restarts, 1), ("topic_iters", topic_iters, 1), ("head_hidden", head_hidden, 0),
+            ("head_epochs", head_epochs, 0),
             *([("classifier_epochs", classifier_epochs, 1)] if classifier_epochs is not None else []),
         ]:
             check_int(f"algorithm.init_args.{name}", value, low)
@@ -222,6 +236,8 @@ class FedGMI(ParameterVectorStrategy):
         self.classifier_training = dataclasses.replace(
             self.training, local_epochs=local_epochs if classifier_epochs is None else classifier_epochs)
         self.body_factory = body or default_body
+        self.head_training = dataclasses.replace(self.training, local_epochs=max(head_epochs, 1))
+        self.head_epochs = head_epochs
         self.head_min_responsibility = head_min_responsibility
         self.estep, self.label_weight = estep, label_weight
         self.estimator, self.num_samples = estimator, num_samples
@@ -259,8 +275,12 @@ class FedGMI(ParameterVectorStrategy):
         if not self.shared_body:
             return ComponentClassifiers([self.classifier_factory(spec.image_shape, spec.num_classes) for _ in range(k)])
         body = self.body_factory(spec.image_shape)
-        widths = [body.feature_dim, *([self.head_hidden] if self.head_hidden else []), spec.num_classes]
-        return ComponentClassifiers([mlp(widths) for _ in range(k)], body)
+        return ComponentClassifiers(self._build_heads(body.feature_dim), body)
+
+    def _build_heads(self, feature_dim: int) -> list[torch.nn.Module]:
+        """K fresh heads, (B, feature_dim) features -> (B, Y) logits."""
+        widths = [feature_dim, *([self.head_hidden] if self.head_hidden else []), self.spec.num_classes]
+        return [mlp(widths) for _ in range(self.spec.num_components)]
 
     def setup(self, spec: ProblemSpec, fabric, seed: int) -> None:
         """Build K independently initialised components (and, "shared_body", the classifiers'
@@ -273,6 +293,10 @@ class FedGMI(ParameterVectorStrategy):
         if self.shared_body:
             torch.manual_seed(seed * 1000 + k)
             self.classifier_worker = ClientWorker(fabric, self.build_classifiers(), self.classifier_training)
+            if self.head_epochs:  # built only when used: the random draws of the runs without stay as they were
+                feature_dim = self.classifier_worker.module.body.feature_dim
+                self.head_worker = ClientWorker(fabric, ComponentClassifiers(self._build_heads(feature_dim)),
+                                                self.head_training)
             body, heads = self._split_classifiers(self.classifier_worker.vector())
             states = [torch.cat([s.to(h.device), h]) for s, h in zip(states, heads)] + [body]
         self._global = [s.to(fabric.device) for s in states]
@@ -406,22 +430,31 @@ class FedGMI(ParameterVectorStrategy):
         weights = r.sum(0)  # (K,) aggregation weights w_ck = sum_i r_ik
         new_state = {**carried_optimizer_state(state), "pi": pi}
         vaes, classifier_theta = self._unpack(task.global_state)
-        updates, losses = [], torch.zeros(2, dtype=torch.float64)
+        updates, losses, trained = [], torch.zeros(2, dtype=torch.float64), self.trained_components(weights)
         for k, theta in enumerate(vaes):
-            if weights[k] < self.min_mass:
+            if not trained[k]:
                 updates.append(None)
                 continue
             local = self.worker.train(theta, x, y, r[:, k], gen, self._loss, f"component {k}", state, f"optimizer.{k}")
             updates.append(local.theta - theta)
             new_state.update(local.optimizer_state)
             losses += local.losses * float(weights[k])
-        losses /= max(float(weights.sum()), 1e-12)
+        losses /= max(float(weights[trained].sum()), 1e-12)
         if classifier_theta is not None:
             updates, weights, losses[1] = self._train_classifiers(classifier_theta, x, y, r, gen, state, new_state,
                                                                   updates, weights)
         reply = task.reply(len(x), updates, weights,
                            {"neg_elbo": float(losses[0]), "cross_entropy": float(losses[1])})
         return reply, new_state
+
+    def trained_components(self, weights: torch.Tensor) -> torch.Tensor:
+        """(K,) bool: the components a client trains this round, given its (K,) masses w_ck:
+        w_ck >= ``min_mass`` and, with ``train_top_m``, among the m largest (ties: lower k)."""
+        keep = weights >= self.min_mass
+        if self.train_top_m is not None:
+            order = torch.argsort(weights, descending=True, stable=True)
+            keep[order[self.train_top_m:]] = False
+        return keep
 
     def _train_classifiers(self, theta, x, y, r, gen, state, new_state, updates, weights):
         """"shared_body": train the body and the K heads together on all samples (weights
@@ -431,9 +464,21 @@ class FedGMI(ParameterVectorStrategy):
         local = self.classifier_worker.train(theta, x, y, r, gen, self._classifier_loss, "classifiers", state,
                                              "optimizer.classifiers")
         new_state.update(local.optimizer_state)
-        body, heads = self._split_classifiers(local.theta - theta)
+        trained = self._train_heads(local.theta, x, y, r, gen, state, new_state) if self.head_epochs else local.theta
+        body, heads = self._split_classifiers(trained - theta)
         updates = [None if u is None else torch.cat([u, h]) for u, h in zip(updates, heads)] + [body]
         return updates, torch.cat([weights, weights.new_tensor([float(len(x))])]), float(local.losses[0])
+
+    def _train_heads(self, theta, x, y, r, gen, state, new_state) -> torch.Tensor:
+        """``head_epochs`` of the heads alone on the features z = body(x) of the (P,) classifier
+        vector ``theta`` (computed once, no gradient through the body), same loss and weights;
+        returns ``theta`` with the heads' part replaced."""
+        body_size, _ = self.classifier_worker.module.split_sizes()
+        z = self.classifier_worker.outputs([theta], x, lambda m, xb: m.body(xb).float())[:, 0]  # (n, d)
+        local = self.head_worker.train(theta[body_size:], z, y, r, gen, self._classifier_loss, "heads", state,
+                                       "optimizer.heads")
+        new_state.update(local.optimizer_state)
+        return torch.cat([theta[:body_size], local.theta])
 
     def _classifier_loss(self, classifiers: ComponentClassifiers, x, y, w, norm, gen):
         """One batch of the heads' M-step ("shared_body"): the responsibility-weighted

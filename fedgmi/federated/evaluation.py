@@ -62,7 +62,12 @@ class EvalConfig:
 
     Attributes:
         estimator: "iwae" (default, tighter) or "elbo".
-        num_samples: Importance samples of the estimate.
+        num_samples: Importance samples of the estimate on the test parts (each sample's
+            assignment, prediction and test NLL).
+        proportion_samples: Importance samples when a client re-estimates its proportions on
+            its training part (``None`` = ``num_samples``). Proportions average the estimate
+            over a client's hundreds of samples, so fewer suffice there than for one sample's
+            assignment (measured in the README, "The default config").
         proportion_iters: EM iterations when a client re-estimates its proportions.
         generalization: Also score every training client's personalised predictor on the
             pooled test parts of all clients (``generalization_accuracy_mean``; see the module
@@ -71,6 +76,7 @@ class EvalConfig:
 
     estimator: str = "iwae"
     num_samples: int = 8
+    proportion_samples: int | None = None
     proportion_iters: int = 20
     generalization: bool = False
 
@@ -79,6 +85,13 @@ class EvalConfig:
             raise ConfigError(f"evaluation.generalization = {self.generalization!r} must be true or false")
         check_choice("evaluation.estimator", self.estimator, ESTIMATORS)
         check_int("evaluation.num_samples", self.num_samples, 1)
+        if self.proportion_samples is not None:
+            check_int("evaluation.proportion_samples", self.proportion_samples, 1)
+
+    @property
+    def proportion_settings(self) -> tuple[str, int]:
+        """(estimator, samples) of the proportions' re-estimation on a training part."""
+        return self.estimator, self.proportion_samples or self.num_samples
         check_int("evaluation.proportion_iters", self.proportion_iters, 1)
 
 
@@ -124,7 +137,7 @@ def _client_outputs(strategy: Strategy, client, seen: bool, config: EvalConfig, 
     """One client's proportions and per-test-sample outputs."""
     y_train = client.y_train if seen else None
     cid, settings = client.client_id, (config.estimator, config.num_samples, gen)
-    lp, clp = strategy.client_component_outputs(cid, "train", client.x_train, *settings)
+    lp, clp = strategy.client_component_outputs(cid, "train", client.x_train, *config.proportion_settings, gen)
     start = strategy.client_proportions(cid) if seen else None
     pi = strategy.estimate_client_proportions(strategy.evidence(lp, clp, y_train), start, config.proportion_iters)
     lp, clp = strategy.client_component_outputs(cid, "test", client.x_test, *settings)

@@ -68,6 +68,34 @@ def test_aggregating_one_client_moves_each_sent_component_to_its_parameters(scen
         torch.testing.assert_close(new, expected)
 
 
+def test_train_top_m_trains_only_the_heaviest_components(scenario):
+    strategy = make_strategy(scenario, train_top_m=1)
+    w = torch.tensor([3.0, 7.0, 7.0, 0.5])
+    assert strategy.trained_components(w).tolist() == [False, True, False, False]  # ties: the lower k
+    assert make_strategy(scenario, train_top_m=3, min_mass=1.0).trained_components(w).tolist() == \
+        [True, True, True, False]  # min_mass still applies
+    task = strategy.configure_round(20, [2])[0]  # a VAE round
+    reply = run_client(strategy, task, scenario.clients[2])
+    heaviest = int(reply.aggregation_weights[:3].argmax())
+    assert [u is not None for u in reply.updates[:3]] == [k == heaviest for k in range(3)]
+    assert reply.updates[3] is not None  # the shared body always trains
+
+
+def test_head_epochs_train_the_heads_on_fixed_body_features(scenario):
+    replies = {}
+    for head_epochs in (0, 3):
+        strategy = make_strategy(scenario, head_epochs=head_epochs)
+        task = strategy.configure_round(20, [2])[0]
+        replies[head_epochs] = run_client(strategy, task, scenario.clients[2])
+    plain, more = replies[0], replies[3]
+    torch.testing.assert_close(more.updates[3], plain.updates[3])  # the body: same training, same draws
+    vae_size = strategy._vae_size
+    for k in range(3):
+        if plain.updates[k] is not None:  # the VAEs are the same, the heads moved further
+            torch.testing.assert_close(more.updates[k][:vae_size], plain.updates[k][:vae_size])
+            assert (more.updates[k][vae_size:] - plain.updates[k][vae_size:]).abs().max() > 1e-4
+
+
 def test_local_training_lowers_the_weighted_negative_elbo(scenario):
     strategy = make_strategy(scenario, local_epochs=40)
     client = scenario.clients[1]
@@ -85,7 +113,7 @@ def test_local_training_lowers_the_weighted_negative_elbo(scenario):
 @pytest.mark.parametrize("kw", [{"init": "kmeans"}, {"local_epochs": 0}, {"estimator": "exact"},
                                 {"responsibility": "fuzzy"}, {"temperature": 0.0},
                                 {"classifier_sharing": "both"}, {"head_loss": "focal"}, {"num_components": 0},
-                                {"topic_iters": 0}])
+                                {"topic_iters": 0}, {"train_top_m": 0}, {"head_epochs": -1}])
 def test_bad_options_are_one_line_config_errors(kw):
     with pytest.raises(ConfigError) as err:
         FedGMI(**kw)

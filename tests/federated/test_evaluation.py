@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedgmi.data import ClientData
+from fedgmi.errors import ConfigError
 from fedgmi.federated.evaluation import EvalConfig, evaluate
 from fedgmi.federated.strategy import EvaluationHooks, Strategy
 
@@ -236,3 +237,21 @@ def test_joint_fedgmis_assignment_is_from_x_alone(mnist_scenario):
     assert result.metrics["assignment_accuracy"] == pytest.approx((mapping[x_only] == z).double().mean().item())
     assert result.metrics["assignment_accuracy_label_informed"] == pytest.approx(
         (mapping[with_labels] == z).double().mean().item())
+
+
+def test_proportions_and_test_samples_use_their_own_importance_samples():
+    seen = []
+
+    class Recording(GaussianMixtureStrategy):
+        def component_outputs(self, x, estimator=None, num_samples=None, generator=None):
+            seen.append((len(x), num_samples))
+            return super().component_outputs(x, estimator, num_samples, generator)
+
+    scenario = make_scenario([[0.8, 0.2]], n=50)
+    evaluate(Recording(), scenario, EvalConfig(num_samples=32, proportion_samples=4))
+    assert seen == [(50, 4), (50, 32)]  # training part (proportions), then test part
+    seen.clear()
+    evaluate(Recording(), scenario, EvalConfig(num_samples=32))
+    assert seen == [(50, 32), (50, 32)]  # default: the same
+    with pytest.raises(ConfigError, match="evaluation.proportion_samples"):
+        EvalConfig(proportion_samples=0)
