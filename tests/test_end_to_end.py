@@ -9,7 +9,7 @@ import pytest
 from fedgmi.cli import main
 
 #: The shipped config with fewer evaluations, 20 rounds and 5 classifier epochs (the assertions are
-#: on the mixture, which the VAEs carry; the full config takes about 8 minutes here).
+#: on the mixture, which the VAEs carry; the full config takes about 5 minutes here).
 FAST = ["--federation.eval_every", "10", "--federation.rounds", "20", "--algorithm.init_args.classifier_epochs", "5"]
 
 
