@@ -362,18 +362,21 @@ class Selection:
         """Whether the rule reads each K's SE paired with the best K."""
         return self.standard_error == "paired"
 
+    def paired_ses(self) -> list[float]:
+        """Per K, the SE of its score's difference to the best K's, paired by client (nats)."""
+        return [r.paired_difference(self.best, self.criterion)[1] for r in self.results]
+
     def thresholds(self) -> list[float]:
         """Per K, the largest score the rule accepts, nats per sample: best + multiplier x SE
         (the best's own SE, or K's difference to it paired by client)."""
         best_mean, best_se = self.best.score(self.criterion)
-        ses = [r.paired_difference(self.best, self.criterion)[1] if self.paired else best_se for r in self.results]
+        ses = self.paired_ses() if self.paired else [best_se] * len(self.results)
         return [best_mean + self.se_multiplier * s for s in ses]
 
     def choose(self) -> Selection:
         """This selection with ``chosen_k`` set by :func:`choose_k` under its rule."""
-        means = [r.score(self.criterion)[0] for r in self.results]
-        ses = [r.paired_difference(self.best, self.criterion)[1] if self.paired else r.score(self.criterion)[1]
-               for r in self.results]
+        means, own_ses = zip(*(r.score(self.criterion) for r in self.results))
+        ses = self.paired_ses() if self.paired else own_ses
         chosen = choose_k([r.k for r in self.results], means, ses, self.se_multiplier, self.paired)
         return dataclasses.replace(self, chosen_k=chosen)
 
