@@ -54,7 +54,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import summarise  # noqa: E402
+from compare import summarise
 
 KINDS = {  # kind -> the config whose scenario section it uses
     "rotation": "pm_mnist.yaml",
@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from shifts import label_permutation_bound
 
         bound = label_permutation_bound(scenario_overlay("label_permutation", bench.runs), 30, 0.2, args.seeds[0])
-        notes["label_permutation"] = [f"x-only bound on client accuracy (perfect classifiers, true proportions, "
-                                      f"the majority component's label), seed {args.seeds[0]}: {bound:.3f}."]
+        notes["label_permutation"] = [(f"x-only bound on client accuracy (perfect classifiers, true proportions, "
+                                       f"the majority component's label), seed {args.seeds[0]}: {bound:.3f}.")]
     rows = write(bench, tuned, tested, command, notes)
     print(json.dumps(rows, indent=1, default=str))
     return rows
