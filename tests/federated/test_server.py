@@ -138,7 +138,7 @@ def test_every_reply_reports_its_local_sample_passes_and_the_loop_sums_them(scen
     replies = []
     original = strategy.aggregate
     strategy.aggregate = lambda rnd, accepted: (replies.extend(accepted), original(rnd, accepted))[1]
-    metrics, state, _ = one_round(strategy, scenario)
+    _, state, _ = one_round(strategy, scenario)
     sizes = {c.client_id: len(c.x_train) for c in scenario.clients}
     for reply in replies:  # r_ik >= the weight floor keeps (nearly) every sample
         n = sizes[reply.client_id]
