@@ -16,7 +16,9 @@ tuning budget for every method):
 2. **Validation data that is not the test data**: the grid runs on ``--validation_seeds``
    (other scenario draws: ``--seed`` and ``--scenario.seed`` both set to it), scored by their
    ``client_accuracy_mean``; the best point (ties: the cheaper one, fewer epochs first) is the
-   method's setting.
+   method's setting. With ``--tune_on KIND`` the grid runs on that kind only and its choice
+   serves every kind (each method keeps one setting across kinds; cheaper than a grid per kind,
+   and still the same budget for every method).
 3. **The reported runs**: every method at its chosen point on ``--seeds`` (default 0 1 2),
    mean ± std (ddof 1) over the seeds.
 
@@ -147,17 +149,24 @@ class Benchmark:
     def grid(self) -> list[tuple[int, float]]:
         return [(e, lr) for e in self.args.epochs for lr in self.args.lrs]
 
+    def tuning_kind(self, kind: str) -> str:
+        """The kind whose grid chooses ``kind``'s settings (itself, or ``--tune_on``)."""
+        return self.args.tune_on or kind
+
     def tune(self) -> dict[tuple[str, str], dict]:
-        """Validation runs of every grid point; returns per (kind, method) its scores and choice."""
-        jobs = [(k, m, p, s) for k in self.args.kinds for m in self.args.methods for p in self.grid()
+        """Validation runs of every grid point; returns per (kind, method) its scores and choice
+        (and the kind they were tuned on)."""
+        kinds = sorted({self.tuning_kind(k) for k in self.args.kinds}, key=list(KINDS).index)
+        jobs = [(k, m, p, s) for k in kinds for m in self.args.methods for p in self.grid()
                 for s in self.args.validation_seeds]
         results = dict(zip(jobs, self.parallel(jobs)))
         tuned = {}
-        for k in self.args.kinds:
+        for kind in self.args.kinds:
+            k = self.tuning_kind(kind)
             for m in self.args.methods:
                 scores = {p: float(np.mean([results[(k, m, p, s)][SCORE] for s in self.args.validation_seeds]))
                           for p in self.grid()}
-                tuned[(k, m)] = {"scores": scores, "chosen": choose(scores)}
+                tuned[(kind, m)] = {"scores": scores, "chosen": choose(scores), "tuned_on": k}
         return tuned
 
     def test(self, tuned: dict) -> dict[tuple[str, str], list[dict]]:
@@ -231,8 +240,10 @@ def write(bench: Benchmark, tuned: dict, tested: dict, command: str, notes: dict
     for kind in args.kinds:
         table, kind_csv = kind_rows(kind, args.methods, tuned, tested, rounds)
         rows += kind_csv
-        lines += ["", f"## {kind}", "", *table, "", "Validation scores of the grid (chosen in bold):", "",
-                  *grid_lines(kind, args.methods, tuned, bench.grid()), *(["", *notes[kind]] if kind in notes else [])]
+        tuned_on = bench.tuning_kind(kind)
+        grid = (["Validation scores of the grid (chosen in bold):", "", *grid_lines(kind, args.methods, tuned, bench.grid())]
+                if tuned_on == kind else [f"Settings chosen on the {tuned_on} grid (above)."])
+        lines += ["", f"## {kind}", "", *table, "", *grid, *(["", *notes[kind]] if kind in notes else [])]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     with out.with_suffix(".csv").open("w", newline="") as f:
@@ -249,6 +260,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", nargs="+", type=int, default=[5, 15, 30])
     parser.add_argument("--lrs", nargs="+", type=float, default=[0.001, 0.003])
     parser.add_argument("--validation_seeds", nargs="+", type=int, default=[100])
+    parser.add_argument("--tune_on", choices=list(KINDS), default=None,
+                        help="run the grid on this kind only; its choice serves every kind")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--extra", default="--federation.unseen_fraction 0.2 --federation.eval_every 30",
                         help="fit arguments for every run (one string)")

@@ -46,3 +46,18 @@ def test_a_grid_point_sets_the_methods_own_local_epoch_key():
     assert tuned.point_args("fedgmi", 15, 0.003)[:2] == ["--algorithm.init_args.classifier_epochs", "15"]
     assert tuned.point_args("fedavg", 15, 0.003) == ["--algorithm.init_args.local_epochs", "15",
                                                       "--algorithm.init_args.optimizer.init_args.lr", "0.003"]
+
+
+def test_tune_on_one_kind_serves_every_kind(tmp_path):
+    tuned = load_benchmark("tuned")
+    runs = tmp_path / "runs"
+    for (e, acc) in ((5, 0.9), (30, 0.8)):  # rotation's grid prefers 5 epochs
+        fake_run(runs / "rotation" / "fedavg" / f"E{e}-lr0.001-seed100", acc)
+    for kind in ("rotation", "corruption"):
+        fake_run(runs / kind / "fedavg" / "E5-lr0.001-seed0", 0.5)
+    rows = tuned.main(["--kinds", "rotation", "corruption", "--tune_on", "rotation", "--methods", "fedavg",
+                       "--epochs", "5", "30", "--lrs", "0.001", "--seeds", "0", "--runs_dir", str(runs),
+                       "--out", str(tmp_path / "table")])
+    assert [(r["kind"], r["epochs"]) for r in rows] == [("rotation", 5), ("corruption", 5)]
+    assert not (runs / "corruption" / "fedavg" / "E30-lr0.001-seed100").exists()  # no grid of its own
+    assert "Settings chosen on the rotation grid" in (tmp_path / "table.md").read_text()
