@@ -193,7 +193,9 @@ class FedGMI(ParameterVectorStrategy):
             numbers up) and the server keeps the candidate of the highest total, so where
             the p_k(x) cannot tell the components apart (a pure label permutation) the
             prediction falls back on the proportions (tau = 0) instead of following the
-            density estimates' errors. ``None``: tau = 1 always, no calibration split.
+            density estimates' errors. ``None``: tau = 1 always, no calibration split (also
+            for a checkpoint that calibrated one: ``fedgmi test ... --algorithm.init_args.
+            density_weights null`` scores a run with the paper's routing).
         calibration_fraction: Share of each client's training part (drawn once from the run
             seed and the client id) that its VAEs never train on, so the density terms of the
             calibration are not those of memorised samples; the classifiers train on all of
@@ -369,7 +371,8 @@ class FedGMI(ParameterVectorStrategy):
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.topic = None if state.get("topic") is None else TopicInit(**state["topic"])
-        self.density_weight = float(state.get("density_weight", 1.0))
+        calibrated = self.density_weights is not None  # null: the paper's tau = 1, whatever was saved
+        self.density_weight = float(state.get("density_weight", 1.0)) if calibrated else 1.0
 
     def initialize(self, clients) -> Initialization:
         """Topic-model initialisation over all clients (``init="topic"``), see topic_init; in

@@ -217,3 +217,9 @@ def test_a_client_scores_the_candidates_on_a_calibration_split_its_vaes_never_tr
     strategy.aggregate(strategy.warmup_rounds, [reply])
     assert strategy.density_weight == [0.0, 1.0][int(reply.statistics["density_weight_scores"].argmax())]
     assert strategy.round_settings(strategy.warmup_rounds)["density_weight"] == strategy.density_weight
+    saved = {**strategy.state_dict(), "density_weight": 0.0}
+    strategy.load_state_dict(saved)
+    assert strategy.density_weight == 0.0  # a checkpoint restores the calibrated tau
+    paper = make_strategy(scenario, density_weights=None)
+    paper.load_state_dict(saved)
+    assert paper.density_weight == 1.0  # without calibration: the paper's rule, whatever was saved
