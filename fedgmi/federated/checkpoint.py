@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fedgmi.errors import ConfigError
+from fedgmi.data.shifts import Shift
 
 CHECKPOINT_FORMAT = "fedgmi-checkpoint-v2"  # v2: the channel's state under "channel"
 
@@ -119,13 +120,22 @@ def scenario_signature(scenario, seed: int, unseen_fraction: float) -> dict[str,
 def describe_shift(shift) -> str:
     """The kind of inherent distribution and its settings as one line, e.g.
     ``Rotation(angles=[0, 90, 180])`` (``scenario.angles`` and the equivalent ``shift`` give
-    the same line)."""
+    the same line; a :class:`~fedgmi.data.shifts.Composed` shift lists its parts the same way)."""
     settings = {k: _plain(v) for k, v in sorted(vars(shift).items()) if not k.startswith("_")
                 and isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
     return f"{type(shift).__name__}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
 
 
+class _Described(str):
+    """A shift's description inside another's, without quotes."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _plain(value: Any) -> Any:
+    if isinstance(value, Shift):  # a part of a composed shift, shown as its own line
+        return _Described(describe_shift(value))
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, float) and value.is_integer():

@@ -56,3 +56,15 @@ def test_mismatched_strategy_or_components_are_refused():
         check_signature("x.ckpt", strategy_signature("IFCA", [torch.zeros(5)] * 2), ours)
     with pytest.raises(ConfigError, match=r"sizes \[5, 5, 5\]"):
         check_signature("x.ckpt", strategy_signature("FedGMI", [torch.zeros(5)] * 3), ours)
+
+
+def test_a_composed_shift_describes_its_parts_the_same_in_every_process():
+    from fedgmi.data.shifts import Composed, LabelPermutation, Rotation
+    from fedgmi.federated.checkpoint import describe_shift
+
+    def tied(angles):
+        return describe_shift(Composed([Rotation(angles), LabelPermutation(3)]))
+
+    assert tied([0, 90, 180]) == tied([0.0, 90.0, 180.0])  # no object addresses: a resume can match it
+    assert tied([0, 90, 180]).startswith("Composed(shifts=[Rotation(angles=[0, 90, 180]), LabelPermutation(")
+    assert tied([0, 90, 180]) != tied([0, 90, 270])
