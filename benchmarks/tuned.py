@@ -47,6 +47,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,13 +81,18 @@ COST = ("bytes_up", "bytes_down", "train_sample_passes", "cpu_s", "wall_s")
 
 
 def scenario_overlay(kind: str, folder: Path) -> Path:
-    """A config file holding only the scenario section of the kind's config."""
+    """A config file holding only the scenario section of the kind's config (written when its
+    text changes, to a temporary name and renamed: runs started in parallel never read a
+    half-written file)."""
     scenario = dict(yaml.safe_load((ROOT / "configs" / KINDS[kind]).read_text())["scenario"])
     if "shift" in scenario:
         scenario["angles"] = None  # the kind's shift replaces a method config's angles
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"scenario-{kind}.yaml"
-    path.write_text(yaml.safe_dump({"scenario": scenario}, sort_keys=False))
+    path, text = folder / f"scenario-{kind}.yaml", yaml.safe_dump({"scenario": scenario}, sort_keys=False)
+    if not path.is_file() or path.read_text() != text:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     return path
 
 
