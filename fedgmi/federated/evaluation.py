@@ -68,7 +68,7 @@ class EvalConfig:
         proportion_samples: Importance samples when a client re-estimates its proportions on
             its training part (``None`` = ``num_samples``). Proportions average the estimate
             over a client's hundreds of samples, so fewer suffice there than for one sample's
-            assignment (measured in the README, "The default config").
+            assignment (measured in docs/benchmarks/fedgmi-design.md, "The default config").
         proportion_iters: EM iterations when a client re-estimates its proportions.
         generalization: Also score every training client's personalised predictor on the
             pooled test parts of all clients (``generalization_accuracy_mean``; see the module
@@ -102,7 +102,7 @@ class Evaluation:
     scenario's (equal unless the algorithm was told another ``num_components``).
 
     Attributes:
-        metrics: Flat scalar metrics (stable keys, see README).
+        metrics: Flat scalar metrics (stable keys, listed in docs/guide/outputs.md).
         mapping: (K_learned,) learned -> true component map (one-to-one when the K agree).
         estimated_proportions: (C, K_learned) estimated pi of every client, columns by learned component.
         component_accuracy: (K_true, K_learned) accuracy of learned component j's head (column) on true
@@ -168,7 +168,7 @@ def evaluate(strategy: Strategy, scenario, config: EvalConfig, seed: int = 0,
         unseen: Ids of clients that never trained.
 
     Returns:
-        An :class:`Evaluation`; its metric keys are listed in the README.
+        An :class:`Evaluation`; its metric keys are listed in docs/guide/outputs.md.
     """
     gen = torch.Generator(strategy.fabric.device).manual_seed(seed)
     attach_truth(strategy, scenario)
