@@ -44,8 +44,9 @@ $(DOCS_STAMP): $(STAMP)
 	touch $(DOCS_STAMP)
 
 # The documentation site (mkdocs.yml) into site/; strict: any warning fails the build.
+# NO_MKDOCS_2_WARNING silences mkdocs-material's banner about MkDocs 2 (not a build warning).
 docs: $(DOCS_STAMP)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf runs site .pytest_cache

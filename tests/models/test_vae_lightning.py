@@ -4,6 +4,7 @@ fit / validate / test / predict / load_from_checkpoint cycle on real data (sklea
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -197,3 +198,14 @@ def test_conv_vae_subclass_runs_the_same_cycle(tmp_path: Path) -> None:
     assert reloaded.likelihood == "discretized_logistic" and reloaded.channels == (4, 8)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.encode(x)[0], model.encode(x)[0])
+
+
+def test_the_documented_lightning_example_runs(capsys) -> None:
+    """docs/concepts/fedgmi.md, "The component VAE in your own Lightning project", as written."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "concepts" / "fedgmi.md").read_text()
+    section = page[page.index("### The component VAE in your own Lightning project"):]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    _quiet(exec, compile(code, "docs/concepts/fedgmi.md", "exec"), {"__name__": "vae_example"})
+    out = capsys.readouterr().out
+    assert "'test/log_likelihood':" in out and "'test/elbo':" in out
+    assert "torch.Size([256]) torch.Size([256, 8])" in out
