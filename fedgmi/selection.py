@@ -213,7 +213,7 @@ def client_held_out_nll(strategy: Strategy, client, part: ValidationPart, config
     lp_val, clp_val = strategy.client_component_outputs(cid, "train", part.x, *settings)  # (n_val, K), (n_val, K, Y)
     log_pi = pi.to(lp_val.device).log()
     log_mix = torch.logsumexp(log_pi + lp_val, dim=1)  # (n_val,) log p_c(x) in nats
-    probs = mixture_predict(log_pi, lp_val, clp_val)  # (n_val, Y) p_c(y | x)
+    probs = mixture_predict(log_pi, lp_val, clp_val, strategy.density_weight)  # (n_val, Y) p_c(y | x)
     y = part.y.to(probs.device)
     picked = probs.gather(1, y[:, None]).squeeze(1).clamp_min(torch.finfo(probs.dtype).tiny)
     return ClientScore(float(-log_mix.double().sum()), len(part.x), float(-picked.double().log().sum()),

@@ -28,6 +28,7 @@ starts every component from its own random weights with uniform proportions (pla
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -35,7 +36,7 @@ import torch
 
 from fedgmi.algorithms.topic_init import TopicInit, fit_topic_init
 from fedgmi.errors import ConfigError
-from fedgmi.federated.messages import ClientReply, ClientTask
+from fedgmi.federated.messages import ClientReply, ClientTask, derive_seed
 from fedgmi.federated.responsibilities import check_rule, estimate_proportions, label_log_likelihood
 from fedgmi.federated.strategy import (
     ClientState,
@@ -61,14 +62,34 @@ from fedgmi.models.component_classifiers import (
 )
 from fedgmi.models.features import CNNFeatures, MLPFeatures
 from fedgmi.models.heads import MLPClassifier
-from fedgmi.models.personalized import PersonalizedMixture
+from fedgmi.models.personalized import PersonalizedMixture, density_weight_scores
 from fedgmi.models.vae import mlp
-from fedgmi.validation import check_choice, check_int, check_number
+from fedgmi.validation import check_choice, check_int, check_number, is_real
 
 INITS = ("topic", "random")
 ESTEPS = ("label_free", "joint")
 SHARINGS = ("shared_body", "separate")
 HEAD_LOSSES = ("weighted", "mixture")
+SCORES = "density_weight_scores"
+"""The reply statistic with a client's (G,) calibration scores (see ``FedGMI.density_weights``)."""
+CALIBRATION_STREAM = 7
+"""Mixed into the seed of a client's calibration split (stays the same in every round)."""
+
+
+def check_density_weights(values: Sequence[float] | None) -> tuple[float, ...] | None:
+    """The candidate taus as a tuple, or ``None``.
+
+    Raises:
+        ConfigError: not a non-empty list of distinct finite numbers >= 0 (one line).
+    """
+    if values is None:
+        return None
+    bad = isinstance(values, str | bytes) or not isinstance(values, Sequence) or not values
+    bad = bad or not all(is_real(v) and math.isfinite(v) and v >= 0 for v in values)
+    if bad or len(set(values)) != len(values):
+        raise ConfigError(f"algorithm.init_args.density_weights = {values!r} must be a non-empty list of distinct "
+                          "finite numbers >= 0 (candidate taus), or null")
+    return tuple(float(v) for v in values)
 
 
 ComponentFactory = Callable[[tuple[int, ...]], ComponentVAE]
@@ -153,14 +174,32 @@ class FedGMI(ParameterVectorStrategy):
         init: Symmetry breaking, "topic" (default) or "random" (see module docstring).
         warmup_rounds: Rounds whose responsibilities come from the topic model ("topic").
         topic_clusters: Fine k-means clusters M of the topic initialisation.
-        topic_restarts: Random restarts of the federated topic model.
-        topic_iters: EM iterations of each restart (each is one full-participation exchange
-            of K x M numbers per client; see ``init_exchanges``).
+        topic_restarts: Random restarts of the topic model (the server's own computation on
+            the clients' histograms: no bytes, see :mod:`fedgmi.algorithms.topic_init`).
+        topic_iters: EM iterations of each restart (server side, no bytes).
+        topic_lloyd_rounds: Federated Lloyd rounds refining the fine clusters after k-FED's
+            one-shot merge (each one full-participation exchange of M x (D + 1) numbers per
+            client each way; see ``init_exchanges``).
         aggregation: Server rule under partial participation, "sampled" (default: the
             DESIGN's step 5, weights w_ck normalised over the sampled clients) or
             "all_clients" (see :class:`~fedgmi.federated.strategy.ParameterVectorStrategy`).
         optimizer_state: "fresh" (default) or "per_client" (each client keeps its optimizer
             state per component between rounds; see :class:`~fedgmi.federated.worker.LocalTraining`).
+        density_weights: Candidate values of tau for the personalised prediction's routing,
+            post_ck(x) proportional to pi_ck p_k(x)^tau
+            (:func:`~fedgmi.models.personalized.mixture_log_predict`). Paper: tau = 1. Here: in
+            every VAE round each sampled client scores every candidate on its calibration
+            split (the labels' log-likelihood of its personalised prediction, nats; G
+            numbers up) and the server keeps the candidate of the highest total, so where
+            the p_k(x) cannot tell the components apart (a pure label permutation) the
+            prediction falls back on the proportions (tau = 0) instead of following the
+            density estimates' errors. ``None``: tau = 1 always, no calibration split (also
+            for a checkpoint that calibrated one: ``fedgmi test ... --algorithm.init_args.
+            density_weights null`` scores a run with the paper's routing).
+        calibration_fraction: Share of each client's training part (drawn once from the run
+            seed and the client id) that its VAEs never train on, so the density terms of the
+            calibration are not those of memorised samples; the classifiers train on all of
+            it. Used only with ``density_weights``.
         num_components: K, the number of components to learn; None (default) = the
             scenario's true K. It may differ from the truth: the mixture scores then map learned
             to true components many-to-one (see :mod:`fedgmi.metrics.mixture_scores`).
@@ -201,6 +240,9 @@ class FedGMI(ParameterVectorStrategy):
         topic_iters: int = 200,
         train_top_m: int | None = None,
         head_epochs: int = 0,
+        topic_lloyd_rounds: int = 5,
+        density_weights: Sequence[float] | None = None,
+        calibration_fraction: float = 0.1,
     ) -> None:
         check_rule(responsibility, temperature)
         check_choice("algorithm.init_args.classifier_sharing", classifier_sharing, SHARINGS)
@@ -221,6 +263,7 @@ class FedGMI(ParameterVectorStrategy):
             ("num_samples", num_samples, 1), ("proportion_iters", proportion_iters, 1),
             ("warmup_rounds", warmup_rounds, 0), ("topic_clusters", topic_clusters, 2),
             ("topic_restarts", topic_restarts, 1), ("topic_iters", topic_iters, 1), ("head_hidden", head_hidden, 0),
+            ("topic_lloyd_rounds", topic_lloyd_rounds, 0),
             ("head_epochs", head_epochs, 0),
             *([("classifier_epochs", classifier_epochs, 1)] if classifier_epochs is not None else []),
         ]:
@@ -228,6 +271,10 @@ class FedGMI(ParameterVectorStrategy):
         check_number("algorithm.init_args.label_weight", label_weight, 0)
         check_number("algorithm.init_args.head_min_responsibility", head_min_responsibility, 0, 1, high_open=True)
         check_number("algorithm.init_args.min_mass", min_mass, 0)
+        check_number("algorithm.init_args.calibration_fraction", calibration_fraction, 0, 1, high_open=True)
+        self.density_weights = check_density_weights(density_weights)
+        self.calibration_fraction = calibration_fraction
+        self.density_weight = 1.0  # the server's current tau (global state, see density_weights)
         self.training = LocalTraining(local_epochs, batch_size, optimizer, weight_floor, optimizer_state)
         self.aggregation = check_aggregation("algorithm.init_args.aggregation", aggregation)
         self.component_factory = component or partial(ComponentVAE, hidden_dims=(200,), latent_dim=10)
@@ -245,6 +292,7 @@ class FedGMI(ParameterVectorStrategy):
         self.proportion_iters, self.min_mass = proportion_iters, min_mass
         self.init, self.warmup_rounds = init, warmup_rounds if init == "topic" else 0
         self.topic_clusters, self.topic_restarts, self.topic_iters = topic_clusters, topic_restarts, topic_iters
+        self.topic_lloyd_rounds = topic_lloyd_rounds
         self.topic: TopicInit | None = None
 
     # ------------------------------------------------------------------ server side
@@ -318,11 +366,13 @@ class FedGMI(ParameterVectorStrategy):
     def state_dict(self) -> dict:
         """The base state plus the topic-model initialisation (its warm-up rounds need it)."""
         topic = None if self.topic is None else dataclasses.asdict(self.topic)
-        return {**super().state_dict(), "topic": topic}
+        return {**super().state_dict(), "topic": topic, "density_weight": self.density_weight}
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.topic = None if state.get("topic") is None else TopicInit(**state["topic"])
+        calibrated = self.density_weights is not None  # null: the paper's tau = 1, whatever was saved
+        self.density_weight = float(state.get("density_weight", 1.0)) if calibrated else 1.0
 
     def initialize(self, clients) -> Initialization:
         """Topic-model initialisation over all clients (``init="topic"``), see topic_init; in
@@ -334,7 +384,7 @@ class FedGMI(ParameterVectorStrategy):
         self.topic = fit_topic_init(
             [c.x_train for c in clients], self.spec.num_components,
             num_clusters=self.topic_clusters, restarts=self.topic_restarts,
-            iters=self.topic_iters, seed=self.seed,
+            iters=self.topic_iters, seed=self.seed, lloyd_rounds=self.topic_lloyd_rounds,
             clients_y=[c.y_train for c in clients] if joint else None,
             num_classes=self.spec.num_classes if joint else None,
         )
@@ -342,14 +392,17 @@ class FedGMI(ParameterVectorStrategy):
         return Initialization(states, self.topic.bytes_up, self.topic.bytes_down, self.topic.exchanges)
 
     def round_settings(self, round_idx: int) -> dict[str, float | int | str]:
-        return {"phase": "warmup" if round_idx < self.warmup_rounds else "vae"}
+        return {"phase": "warmup" if round_idx < self.warmup_rounds else "vae", "density_weight": self.density_weight}
 
     def aggregate(self, round_idx: int, replies: Sequence[ClientReply]) -> dict[str, float]:
         if not replies:
             return {}
         total = sum(r.num_examples for r in replies)
+        scores = [r.statistics[SCORES] for r in replies if SCORES in r.statistics]
+        if scores:  # the candidate tau whose personalised predictions fit the held-out labels best
+            self.density_weight = float(self.density_weights[int(torch.stack(scores).sum(0).argmax())])
         return {"train_neg_elbo": sum(r.metrics["neg_elbo"] * r.num_examples for r in replies) / total,
-                **self.average_deltas(replies)}
+                "density_weight": self.density_weight, **self.average_deltas(replies)}
 
     def personalized_model(self, proportions: torch.Tensor, estimator: str = "iwae",
                            num_samples: int = 8) -> PersonalizedMixture:
@@ -366,7 +419,8 @@ class FedGMI(ParameterVectorStrategy):
         else:
             classifiers = self.build_classifiers().to(classifier_theta.device)
             copy_into_parameters(classifier_theta, classifiers.parameters())
-        return PersonalizedMixture([c.vae for c in components], classifiers, proportions, estimator, num_samples).eval()
+        return PersonalizedMixture([c.vae for c in components], classifiers, proportions, estimator, num_samples,
+                                   self.density_weight).eval()
 
     # ------------------------------------------------------------------ client side
     def load_vae(self, k: int, state: Sequence[torch.Tensor] | None = None) -> ComponentVAE:
@@ -430,12 +484,18 @@ class FedGMI(ParameterVectorStrategy):
         weights = r.sum(0)  # (K,) aggregation weights w_ck = sum_i r_ik
         new_state = {**carried_optimizer_state(state), "pi": pi}
         vaes, classifier_theta = self._unpack(task.global_state)
+        held_out = self.calibration_mask(task.client_id, len(x))  # (n,) bool: the VAEs never train on these
+        statistics = {}
+        if self.density_weights is not None and task.settings.get("phase") != "warmup" and bool(held_out.any()):
+            statistics[SCORES] = self._calibration_scores(task.global_state, pi, log_px[held_out], x[held_out],
+                                                          y[held_out], class_lp[held_out])
         updates, losses, trained = [], torch.zeros(2, dtype=torch.float64), self.trained_components(weights)
         for k, theta in enumerate(vaes):
             if not trained[k]:
                 updates.append(None)
                 continue
-            local = self.worker.train(theta, x, y, r[:, k], gen, self._loss, f"component {k}", state, f"optimizer.{k}")
+            local = self.worker.train(theta, x, y, r[:, k] * ~held_out, gen, self._loss, f"component {k}", state,
+                                      f"optimizer.{k}")
             updates.append(local.theta - theta)
             new_state.update(local.optimizer_state)
             losses += local.losses * float(weights[k])
@@ -444,8 +504,27 @@ class FedGMI(ParameterVectorStrategy):
             updates, weights, losses[1] = self._train_classifiers(classifier_theta, x, y, r, gen, state, new_state,
                                                                   updates, weights)
         reply = task.reply(len(x), updates, weights,
-                           {"neg_elbo": float(losses[0]), "cross_entropy": float(losses[1])})
+                           {"neg_elbo": float(losses[0]), "cross_entropy": float(losses[1])}, statistics)
         return reply, new_state
+
+    def calibration_mask(self, client_id: int, n: int) -> torch.Tensor:
+        """(n,) bool: the client's calibration split, ``calibration_fraction`` of its n training
+        samples drawn from (run seed, client id) (none without ``density_weights``)."""
+        mask = torch.zeros(n, dtype=torch.bool, device=self.fabric.device)
+        count = round(self.calibration_fraction * n) if self.density_weights is not None else 0
+        if count:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, int(client_id), CALIBRATION_STREAM))
+            mask[torch.randperm(n, generator=gen)[:count].to(mask.device)] = True
+        return mask
+
+    def _calibration_scores(self, state, pi, log_px, x, y, class_lp) -> torch.Tensor:
+        """(G,) the labels' log-likelihood (nats) of the calibration samples' personalised
+        prediction for each candidate tau, under the received components: ``log_px`` (m, K)
+        and ``class_lp`` (m, K, Y) from the E-step (computed here when the label-free E-step
+        ran no heads, (m, K, 0))."""
+        if class_lp.shape[-1] == 0:
+            class_lp = self.component_outputs(x, state=state)[1]  # (m, K, Y)
+        return density_weight_scores(pi.log(), log_px, class_lp, y, self.density_weights).float()
 
     def trained_components(self, weights: torch.Tensor) -> torch.Tensor:
         """(K,) bool: the components a client trains this round, given its (K,) masses w_ck:

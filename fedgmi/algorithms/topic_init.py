@@ -10,13 +10,16 @@ is trained, in two cheap federated stages:
    and uploads its centroids and their counts; the server clusters the union into M >> K fine
    centroids and refines them with a few federated Lloyd rounds (clients upload per-centroid
    sums and counts). Each client then holds a histogram h_c (M,) of its samples' nearest
-   centroids; the histogram stays on the client.
-2. **Topic model** (PLSA; Hofmann, SIGIR 1999), fitted by federated EM: fine cluster m of
-   client c has probability sum_k pi_ck beta_km. Clients keep pi_c and upload expected counts
-   (K, M); the server sums them into beta. This is FedGMI's own E/M loop with categorical
-   components over the fine-cluster index, so it specialises by co-occurrence. Several random
-   restarts run side by side; the one with the highest total log-likelihood (clients upload a
-   scalar each) is kept.
+   centroids.
+2. **Topic model** (PLSA; Hofmann, SIGIR 1999): fine cluster m of client c has probability
+   sum_k pi_ck beta_km. Each client uploads its histogram h_c once; the server fits PLSA by EM
+   over the histograms (several random restarts, the one with the highest log-likelihood kept)
+   and sends every client beta and its own pi_c. Paper: silent (FedGMI's initialisation is
+   ours); here: one upload instead of a federated EM whose every iteration exchanges K x M
+   expected counts per client. The two reveal the same: a client's expected counts sum over k
+   to its histogram, sum_k n_ckm = h_cm, so the iterated protocol hands the server h_c at its
+   first iteration anyway; the one-shot upload sends M counts once (bytes measured in the
+   README) and the server's EM is the same computation, so the fitted model is identical.
 
 FedGMI then uses r_ik proportional to pi_ck * beta_k,m(x_i) as the responsibilities of its
 first (warm-up) rounds, so each VAE starts on data that is mostly one inherent distribution.
@@ -49,8 +52,8 @@ class TopicInit:
         bytes_up: Uplink bytes of both stages, all clients.
         bytes_down: Downlink bytes of both stages, all clients.
         exchanges: Server-client exchanges of both stages (each involves every client): the
-            k-FED upload, the Lloyd rounds, the centroids' download, the PLSA EM iterations
-            and the final log-likelihood upload.
+            k-FED upload, the Lloyd rounds, the centroids' download with the histograms'
+            upload, and the download of beta with each client's own pi.
     """
 
     centroids: torch.Tensor
@@ -179,11 +182,11 @@ def fit_plsa(
     seed: int = 0,
     smoothing: float = 1e-3,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Federated PLSA by EM over clients, R restarts side by side, keep the best.
+    """PLSA by EM over the clients' histograms, R restarts side by side, keep the best.
 
     Args:
-        histograms: (C, M) each client's fine-cluster counts (each row stays with its client;
-            only expected counts and scalars reach the server).
+        histograms: (C, M) each client's fine-cluster counts (uploaded once, see the module
+            docstring).
         num_components: K.
         smoothing: pseudo-count added to every beta_km (keeps log beta finite).
 
@@ -244,14 +247,14 @@ def fit_topic_init(
         for x, y in zip(clients_x, labels)
     ]).astype(np.float64)
     pi, beta, log_lik = fit_plsa(hists, num_components, restarts, iters, seed)
-    plsa_bytes = len(clients_x) * iters * restarts * num_components * vocab * 4
+    clients = len(clients_x)
     return TopicInit(
         centroids=centroids,
         log_beta=torch.as_tensor(np.log(beta), dtype=torch.float32),
         proportions=torch.as_tensor(pi, dtype=torch.float32),
         num_classes=classes,
         log_likelihood=log_lik,
-        bytes_up=up + plsa_bytes + len(clients_x) * restarts * 8,
-        bytes_down=down + plsa_bytes,
-        exchanges=1 + lloyd_rounds + 1 + iters + 1,
+        bytes_up=up + clients * vocab * 4,  # + each client's (V,) histogram, int32
+        bytes_down=down + clients * (num_components * vocab + num_components) * 4,  # beta and its own pi
+        exchanges=1 + lloyd_rounds + 1 + 1,
     )

@@ -23,6 +23,7 @@ from fedgmi.data.scenario import (
 )
 from fedgmi.data.shifts import (
     ClassSkew,
+    Composed,
     Corruption,
     DatasetUnion,
     LabelPermutation,
@@ -38,6 +39,7 @@ __all__ = [
     "BaseDataset",
     "ClassSkew",
     "ClientData",
+    "Composed",
     "Corruption",
     "DatasetInfo",
     "DatasetUnion",

@@ -21,6 +21,8 @@ kind                      component k                                 p(x) diffe
                           (class subsets or Dirichlet(beta))                            (subsets)
 :class:`DatasetUnion`     a different dataset, resized to one shape   yes              <= datasets
 :class:`Transformed`      the user's own transform ``transforms[k]``  user's choice    any
+:class:`Composed`         several kinds at once (e.g. rotation AND    if a part's      the parts'
+                          a label permutation per component)          does             common K
 ========================  ==========================================  ===============  ==========
 
 Under :class:`LabelPermutation` every component has the same ``p(x)`` and differs only in
@@ -47,6 +49,7 @@ from fedgmi.errors import ConfigError
 __all__ = [
     "CORRUPTIONS",
     "ClassSkew",
+    "Composed",
     "Corruption",
     "DatasetUnion",
     "LabelPermutation",
@@ -702,3 +705,90 @@ class Transformed(Shift):
                               f"batch shape {tuple(images.shape)}")
         out = out.to(torch.float32).clamp(0.0, 1.0)
         return out, (labels if r is None else torch.as_tensor(r(labels), dtype=torch.int64))
+
+
+# ---------------------------------------------------------------------------- composition
+class Composed(Shift):
+    """Several kinds at once: component ``k`` renders through ``shifts[0]``'s component ``k``,
+    then ``shifts[1]``'s, and so on.
+
+    The PM scenario's hardest case ties covariate and concept shift together, where no single
+    model can be right for everyone: ``Composed([Rotation([0, 90, 180]), LabelPermutation(3)])``
+    gives each component its own appearance AND its own labelling (a sample's look tells its
+    component, and the component tells how to read its label), so only a model that routes by
+    component predicts well (``configs/pm_mnist_rotation_permutation.yaml``)::
+
+        scenario:
+          shift:
+            class_path: fedgmi.data.shifts.Composed
+            init_args:
+              shifts:
+                - {class_path: fedgmi.data.shifts.Rotation, init_args: {angles: [0, 90, 180]}}
+                - {class_path: fedgmi.data.shifts.LabelPermutation, init_args: {num_components: 3}}
+
+    Args:
+        shifts: Two or more shifts with the same ``K``. At most one of them may choose the base
+            images itself (:class:`ClassSkew`, :class:`DatasetUnion`); its choice is used.
+
+    Raises:
+        ConfigError: Fewer than two shifts, one that is not a Shift, different ``K``, or two
+            that each choose the base images.
+    """
+
+    def __init__(self, shifts: list[Shift]) -> None:
+        self.shifts = list(shifts) if _is_list(shifts) else shifts
+        self._validate_quietly()
+
+    def validate(self) -> None:
+        shifts = self.shifts
+        if not _is_list(shifts) or len(shifts) < 2 or not all(isinstance(s, Shift) for s in shifts):
+            raise ConfigError(f"{KEY}.shifts = {shifts!r} must be a list of two or more shifts (class_path entries)")
+        for s in shifts:
+            s.validate()
+        ks = [s.num_components for s in shifts]
+        if len(set(ks)) != 1:
+            names = ", ".join(f"{type(s).__name__} K={k}" for s, k in zip(shifts, ks))
+            raise ConfigError(f"{KEY}.shifts have different numbers of components ({names}); all need the same K")
+        if len(self._pool_choosers()) > 1:
+            names = ", ".join(type(s).__name__ for s in self._pool_choosers())
+            raise ConfigError(f"{KEY}.shifts: {names} each choose the base images; compose at most one of them")
+
+    def _pool_choosers(self) -> list[Shift]:
+        """The parts that override :meth:`Shift.draw_pool` (class skew, dataset union)."""
+        return [s for s in self.shifts if type(s).draw_pool is not Shift.draw_pool]
+
+    @property
+    def num_components(self) -> int:
+        return self.shifts[0].num_components
+
+    def component_names(self) -> list[str]:
+        """Each part's name of component ``k`` joined by ``+``, e.g. ``rot90+perm1``."""
+        return ["+".join(parts) for parts in zip(*(s.component_names() for s in self.shifts))]
+
+    def other_datasets(self) -> list[str]:
+        return [d for s in self.shifts for d in s.other_datasets()]
+
+    def check(self, shapes, num_classes, names) -> None:
+        for s in self.shifts:
+            s.check(shapes, num_classes, names)
+            shapes = [s.output_shape(shapes)] * len(shapes)
+            num_classes = [s.output_classes(num_classes)] * len(num_classes)
+
+    def output_shape(self, shapes):
+        for s in self.shifts:
+            shapes = [s.output_shape(shapes)] * len(shapes)
+        return tuple(shapes[0])
+
+    def output_classes(self, num_classes):
+        for s in self.shifts:
+            num_classes = [s.output_classes(num_classes)] * len(num_classes)
+        return int(num_classes[0])
+
+    def draw_pool(self, components, labels, rng):
+        chooser = (self._pool_choosers() or self.shifts)[0]
+        return chooser.draw_pool(components, labels, rng)
+
+    def render(self, images, labels, k, seed):
+        for s in self.shifts:
+            images, labels = s.render(images, labels, k, seed)
+        return images, labels

@@ -5,9 +5,12 @@ reply (encode on the client side, count the bytes, decode on the server side).
 
 Downlink. A lossless downlink (:class:`~fedgmi.federated.compression.Identity`, the default)
 passes tasks through. With a lossy one the server keeps an exact copy h_ck of what each client
-c holds of component k (zero before its first contact): a sampled client receives
-encode(theta_k - h_ck), both sides add the decoded difference to h_ck, and the client trains
-from h_ck (its deltas are relative to it). Clients not sampled receive nothing and keep their
+c holds of component k: before its first contact, the round-0 global state (:meth:`Channel.start`;
+paper: silent, here: every client builds the same initial models from the run's seed, as the
+server does, so the first contact sends what was learned since, not the whole model; zero when
+the loop gives no round-0 state); a sampled client receives encode(theta_k - h_ck), both sides
+add the decoded difference to h_ck, and the client trains from h_ck (its deltas are relative
+to it). Clients not sampled receive nothing and keep their
 stale copy; what they missed is in theta_k - h_ck and arrives when they are next sampled.
 Evaluation uses the server's theta.
 
@@ -75,9 +78,16 @@ class Channel:
         self.uplink_budget_bytes = uplink_budget_bytes
         self.residuals: dict[int, dict[int, dict[str, torch.Tensor]]] = {}  # client -> k -> state
         self.held: dict[int, list[torch.Tensor]] = {}  # client -> K copies (lossy downlink)
+        self.initial: list[torch.Tensor] | None = None  # the round-0 state every client can build
         self.counters = {"raw_up": 0, "sent_up": 0, "raw_down": 0, "sent_down": 0, "budget_unmet_clients": 0}
 
     # ------------------------------------------------------------------ downlink
+    def start(self, global_state: Sequence[torch.Tensor]) -> None:
+        """Record the round-0 global state: what every client holds before its first contact
+        (a lossy downlink then sends it what changed since; see the module docstring)."""
+        if not self.downlink_codec.lossless:
+            self.initial = [t.detach().clone() for t in global_state]
+
     def downlink(self, tasks: Sequence[ClientTask]) -> list[ClientTask]:
         """The tasks as clients receive them (their ``payload_bytes`` set when encoded)."""
         out = [self._send_down(t) for t in tasks]
@@ -88,7 +98,10 @@ class Channel:
     def _send_down(self, task: ClientTask) -> ClientTask:
         if self.downlink_codec.lossless:
             return task
-        held = self.held.setdefault(task.client_id, [torch.zeros_like(t) for t in task.global_state])
+        if task.client_id not in self.held:
+            start = self.initial or [torch.zeros_like(t) for t in task.global_state]
+            self.held[task.client_id] = [t.to(s.device).clone() for t, s in zip(start, task.global_state)]
+        held = self.held[task.client_id]
         nbytes = 0
         for k, theta in enumerate(task.global_state):
             gen = _generator(task.seed, k, DOWNLINK, theta.device)
@@ -164,11 +177,13 @@ class Channel:
                 "budget_unmet_clients": c["budget_unmet_clients"]}
 
     def state_dict(self) -> dict[str, Any]:
-        """Residuals, held copies and counters (tensors and plain containers, on the CPU)."""
+        """Residuals, held copies, the round-0 state and counters (tensors and plain
+        containers, on the CPU)."""
         return {
             "residuals": {c: {k: {n: t.cpu() for n, t in s.items()} for k, s in per.items()}
                           for c, per in self.residuals.items()},
             "held": {c: [t.cpu() for t in ts] for c, ts in self.held.items()},
+            "initial": None if self.initial is None else [t.cpu() for t in self.initial],
             "counters": dict(self.counters),
         }
 
@@ -177,6 +192,8 @@ class Channel:
         self.residuals = {int(c): {int(k): {n: t.to(device) for n, t in s.items()} for k, s in per.items()}
                           for c, per in state["residuals"].items()}
         self.held = {int(c): [t.to(device) for t in ts] for c, ts in state["held"].items()}
+        initial = state.get("initial")  # absent in checkpoints written before it existed
+        self.initial = None if initial is None else [t.to(device) for t in initial]
         self.counters = {**self.counters, **{k: int(v) for k, v in state["counters"].items()}}
 
 

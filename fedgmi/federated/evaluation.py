@@ -8,7 +8,9 @@ and uses its unlabelled inputs only, no gradient step). Then, on its test part, 
 assigned from x alone, as prediction sees it: arg-max_k log pi_ck + log p_k(x) (the evidence
 without labels; for a classifier-only method log p_k(x) = 0, so the client's arg-max proportion),
 and classified by the personalised mixture p_c(y | x) = sum_k post_ck(x) p_k(y | x) (labels never
-used there). A strategy whose E-step evidence uses labels (``evidence_uses_labels``: FedGMI's
+used there), post_ck(x) proportional to pi_ck p_k(x)^tau with the strategy's ``density_weight``
+tau (1, the mixture's posterior, unless the strategy chose another; the x-only assignment uses
+the same tau: arg-max_k log pi_ck + tau log p_k(x)). A strategy whose E-step evidence uses labels (``evidence_uses_labels``: FedGMI's
 "joint" E-step, the classifier mixtures with ``label_evidence``) also gets
 ``assignment_accuracy_label_informed``: the same with its evidence given the test labels,
 arg-max_k log pi_ck + evidence_k(x, y), scored through the same map (not what prediction sees).
@@ -142,11 +144,11 @@ def _client_outputs(strategy: Strategy, client, seen: bool, config: EvalConfig, 
     start = strategy.client_proportions(cid) if seen else None
     pi = strategy.estimate_client_proportions(strategy.evidence(lp, clp, y_train), start, config.proportion_iters)
     lp, clp = strategy.client_component_outputs(cid, "test", client.x_test, *settings)
-    y = client.y_test.to(lp.device)
+    y, tau = client.y_test.to(lp.device), strategy.density_weight
     out = {
         "pi": pi.cpu(),
-        "assigned": (pi.log() + strategy.evidence(lp, clp, None)).argmax(1).cpu(),  # (n,) from x alone
-        "personal_correct": (mixture_predict(pi.log(), lp, clp).argmax(1) == y).cpu(),  # (n,)
+        "assigned": (pi.log() + tau * strategy.evidence(lp, clp, None)).argmax(1).cpu(),  # (n,) from x alone
+        "personal_correct": (mixture_predict(pi.log(), lp, clp, tau).argmax(1) == y).cpu(),  # (n,)
         "component_correct": (clp.argmax(2) == y[:, None]).cpu(),  # (n, K)
         "log_px": lp.cpu(),  # (n, K)
     }
@@ -244,7 +246,7 @@ def generalization_accuracy(strategy: Strategy, scenario, config: EvalConfig, pr
     scores = []
     for cid, pi in proportions.items():
         lp, clp = outputs if shared else strategy.client_component_outputs(cid, POOL, x, *settings)
-        predicted = mixture_predict(pi.to(lp.device).log(), lp, clp).argmax(1).cpu()
+        predicted = mixture_predict(pi.to(lp.device).log(), lp, clp, strategy.density_weight).argmax(1).cpu()
         scores.append((predicted == y).double().mean().item())
     return np.array(scores)
 

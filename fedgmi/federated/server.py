@@ -23,7 +23,7 @@ from fedgmi.federated.evaluation import EvalConfig, Evaluation, attach_truth, ev
 from fedgmi.federated.messages import ContractError, reply_to
 from fedgmi.federated.robustness import drop_clients, screen_replies
 from fedgmi.federated.strategy import Strategy
-from fedgmi.federated.worker import NonFiniteLossError
+from fedgmi.federated.worker import NonFiniteLossError, counted_client_update
 from fedgmi.validation import check_int, check_number
 
 
@@ -109,6 +109,8 @@ class LoopState:
         rounds_skipped: Rounds that kept the previous global state (fewer than
             ``min_clients`` accepted replies).
         init_exchanges: Server-client exchanges of the strategy's initialisation stage.
+        train_sample_passes: Cumulative local sample passes of the clients that replied (kept
+            samples x local epochs, every model they trained; ``reply.metrics["sample_passes"]``).
         elapsed_s: Wall time of the earlier sessions of this run, in seconds.
     """
 
@@ -119,6 +121,7 @@ class LoopState:
     clients_rejected: int = 0
     rounds_skipped: int = 0
     init_exchanges: int = 0
+    train_sample_passes: int = 0
     elapsed_s: float = 0.0
 
 
@@ -164,7 +167,8 @@ def _client_replies(strategy: Strategy, scenario, tasks, warn) -> tuple[list, li
     for task in tasks:
         cid = task.client_id
         try:
-            reply, state = strategy.client_update(task, scenario.clients[cid], strategy.client_state.get(cid, {}))
+            reply, state = counted_client_update(strategy, task, scenario.clients[cid],
+                                                 strategy.client_state.get(cid, {}))
         except NonFiniteLossError as err:
             return replies, errors, f"round {task.round}, client {cid}: {err}"
         except ContractError:
@@ -233,6 +237,7 @@ def conclude_round(strategy: Strategy, federation: FederationConfig, rnd: int, t
     sent = {"bytes_up_round": sum(r.bytes_up for r in replies), "bytes_down_round": sum(t.bytes_down for t in tasks)}
     state.bytes_up += sent["bytes_up_round"]
     state.bytes_down += sent["bytes_down_round"]
+    state.train_sample_passes += int(sum(r.metrics.get("sample_passes", 0.0) for r in replies))
     screening = screen_replies(replies, federation.max_update_norm_ratio)
     for client_id, why in screening.rejected.items():
         warn(f"round {rnd}: update of client {client_id} rejected: {why}")
@@ -344,6 +349,7 @@ def run_federation(
             state.bytes_up += int(init.bytes_up)
             state.bytes_down += int(init.bytes_down)
             state.init_exchanges = int(init.exchanges)
+            channel.start(strategy.global_state)
         for rnd in range(state.next_round, federation.rounds):
             stage(f"round {rnd + 1}/{federation.rounds}")
             round_metrics = (round_runner or run_round)(strategy, scenario, federation, seed, rnd, train_ids, state,

@@ -167,6 +167,9 @@ class EvaluationHooks(ABC):
     #: True when :meth:`evidence` adds label terms given ``y`` (FedGMI's "joint" E-step, classifier
     #: mixtures with ``label_evidence``): evaluation then also reports the label-informed assignment.
     evidence_uses_labels: bool = False
+    #: tau of the personalised prediction's routing, post_ck(x) proportional to pi_ck p_k(x)^tau
+    #: (:func:`~fedgmi.models.personalized.mixture_log_predict`; 1 = the mixture's posterior).
+    density_weight: float = 1.0
 
     @abstractmethod
     def component_outputs(

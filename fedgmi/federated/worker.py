@@ -22,6 +22,7 @@ lives in the client's state: 2P floats per component for Adam).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -146,7 +147,11 @@ class ClientWorker:
     Attributes:
         optimizer_steps: Optimizer steps taken so far (all clients and components).
         samples_trained: Sample passes trained so far (kept samples x local epochs).
+        total_samples_trained: Class-wide: sample passes of every worker of this process, which
+            :func:`counted_client_update` reads around one client update.
     """
+
+    total_samples_trained = 0
 
     def __init__(self, fabric: lightning.Fabric, module: torch.nn.Module, training: LocalTraining) -> None:
         self.fabric, self.training = fabric, training
@@ -242,6 +247,7 @@ class ClientWorker:
                 total = total + reported.detach() * len(idx)
                 self.optimizer_steps += 1
             self.samples_trained += len(xk)
+            ClientWorker.total_samples_trained += len(xk)
             if not torch.isfinite(total).all():
                 raise NonFiniteLossError(f"{what}, local epoch {epoch}: loss is not finite "
                                          f"({', '.join(f'{v:.4g}' for v in total.reshape(-1).tolist())})")
@@ -279,3 +285,19 @@ class ClientWorker:
                           for p, part in zip(params, flat.unbind())]
             for p, (value, device) in zip(params, values):
                 self.optimizer.state[p][name] = value.to(device).clone()
+
+
+def counted_client_update(strategy, task, data, state):
+    """``strategy.client_update(task, data, state)`` with its local compute in the reply: the
+    sample passes of every :class:`ClientWorker` it trained (kept samples x local epochs, all
+    models, e.g. FedGMI's VAE and its classifiers) as ``reply.metrics["sample_passes"]``.
+    Every transport calls client updates through this (in process and on Flower), so the
+    server's ``train_sample_passes`` counts the same work either way.
+
+    Returns:
+        ``(reply, new_state)`` as the strategy's ``client_update``.
+    """
+    before = ClientWorker.total_samples_trained
+    reply, new_state = strategy.client_update(task, data, state)
+    passes = float(ClientWorker.total_samples_trained - before)
+    return dataclasses.replace(reply, metrics={**reply.metrics, "sample_passes": passes}), new_state

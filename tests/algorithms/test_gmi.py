@@ -11,6 +11,7 @@ from fedgmi.algorithms.gmi import FedGMI
 from fedgmi.errors import ConfigError
 from fedgmi.models.features import MLPFeatures
 from fedgmi.models.heads import MLPClassifier
+from fedgmi.models.personalized import density_weight_scores, mixture_predict
 from tests.helpers import digits_scenario, make_fedgmi, run_client
 
 
@@ -113,7 +114,10 @@ def test_local_training_lowers_the_weighted_negative_elbo(scenario):
 @pytest.mark.parametrize("kw", [{"init": "kmeans"}, {"local_epochs": 0}, {"estimator": "exact"},
                                 {"responsibility": "fuzzy"}, {"temperature": 0.0},
                                 {"classifier_sharing": "both"}, {"head_loss": "focal"}, {"num_components": 0},
-                                {"topic_iters": 0}, {"train_top_m": 0}, {"head_epochs": -1}])
+                                {"topic_iters": 0}, {"train_top_m": 0}, {"head_epochs": -1},
+                                {"topic_lloyd_rounds": -1}, {"density_weights": [1.0, -0.5]},
+                                {"density_weights": [1.0, 1.0]}, {"density_weights": []},
+                                {"calibration_fraction": 1.0}])
 def test_bad_options_are_one_line_config_errors(kw):
     with pytest.raises(ConfigError) as err:
         FedGMI(**kw)
@@ -179,3 +183,43 @@ def test_mixed_precision_round_keeps_likelihoods_proportions_and_updates_in_floa
     mixed.aggregate(20, [reply])
     assert all(t.dtype == torch.float32 and t.device.type == device.type and torch.isfinite(t).all()
                for t in mixed.global_state)
+
+
+def test_density_weight_scores_are_the_labels_log_likelihood_under_each_routing():
+    log_pi = torch.log(torch.tensor([0.8, 0.2]))
+    log_px = torch.tensor([[0.0, 30.0]])  # a density error favouring component 1 by 30 nats
+    class_lp = torch.log(torch.tensor([[[0.9, 0.1], [0.1, 0.9]]]))  # component 0 says class 0, 1 says 1
+    y = torch.tensor([0])
+    scores = density_weight_scores(log_pi, log_px, class_lp, y, [0.0, 1.0])
+    # tau = 0: the proportions route, p(0) = 0.8 * 0.9 + 0.2 * 0.1; tau = 1: component 1 takes it all
+    torch.testing.assert_close(scores, torch.tensor([math.log(0.74), math.log(0.1)], dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    probs = mixture_predict(log_pi, log_px, class_lp, 0.0)
+    torch.testing.assert_close(probs, torch.tensor([[0.74, 0.26]]))
+
+
+def test_a_client_scores_the_candidates_on_a_calibration_split_its_vaes_never_train_on(scenario, monkeypatch):
+    strategy = make_strategy(scenario, density_weights=[0.0, 1.0], calibration_fraction=0.25, train_top_m=None,
+                             min_mass=0.0)
+    client = scenario.clients[1]
+    held_out = strategy.calibration_mask(client.client_id, len(client.x_train))
+    assert int(held_out.sum()) == round(0.25 * len(client.x_train))
+    assert torch.equal(held_out, strategy.calibration_mask(client.client_id, len(client.x_train)))  # every round
+    seen = []
+    train = strategy.worker.train
+    monkeypatch.setattr(strategy.worker, "train", lambda theta, x, y, w, *a, **k: (seen.append(w), train(
+        theta, x, y, w, *a, **k))[1])
+    warmup = run_client(strategy, strategy.configure_round(0, [1])[0], client)
+    assert "density_weight_scores" not in warmup.statistics  # warm-up: the VAEs are not yet routing
+    reply = run_client(strategy, strategy.configure_round(strategy.warmup_rounds, [1])[0], client)
+    assert reply.statistics["density_weight_scores"].shape == (2,)
+    assert all(float(w[held_out].abs().sum()) == 0.0 and float(w[~held_out].sum()) > 0 for w in seen)
+    strategy.aggregate(strategy.warmup_rounds, [reply])
+    assert strategy.density_weight == [0.0, 1.0][int(reply.statistics["density_weight_scores"].argmax())]
+    assert strategy.round_settings(strategy.warmup_rounds)["density_weight"] == strategy.density_weight
+    saved = {**strategy.state_dict(), "density_weight": 0.0}
+    strategy.load_state_dict(saved)
+    assert strategy.density_weight == 0.0  # a checkpoint restores the calibrated tau
+    paper = make_strategy(scenario, density_weights=None)
+    paper.load_state_dict(saved)
+    assert paper.density_weight == 1.0  # without calibration: the paper's rule, whatever was saved

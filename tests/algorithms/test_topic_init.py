@@ -83,3 +83,21 @@ def test_label_tokens_separate_components_that_differ_only_in_their_labels():
     assert accuracy(labelled, True) > 0.97
     assert accuracy(plain, False) < 0.9  # the inputs alone cannot tell the components apart
     assert labelled.log_beta.shape == (2, 8)
+
+
+def test_topic_init_bytes_are_the_one_shot_protocol_and_do_not_grow_with_em_iterations():
+    torch.manual_seed(2)
+    clients = [torch.rand(50, 6) for _ in range(5)]
+    short = fit_topic_init(clients, 2, num_clusters=8, local_clusters=3, lloyd_rounds=2, restarts=2, iters=10)
+    long = fit_topic_init(clients, 2, num_clusters=8, local_clusters=3, lloyd_rounds=2, restarts=9, iters=300)
+    assert (short.bytes_up, short.bytes_down, short.exchanges) == (long.bytes_up, long.bytes_down, long.exchanges)
+    c, d, m, k = 5, 6, 8, 2
+    kfed = c * 3 * (d + 1) * 4  # local centroids and their counts
+    lloyd_up, lloyd_down = 2 * c * m * (d + 1) * 4, 2 * c * m * d * 4
+    assert short.bytes_up == kfed + lloyd_up + c * m * 4  # + each client's histogram
+    assert short.bytes_down == lloyd_down + c * m * d * 4 + c * (k * m + k) * 4  # centroids; beta and its pi
+    assert short.exchanges == 1 + 2 + 1 + 1
+    # the server's EM on the uploaded histograms is the computation the iterated protocol did
+    hists = np.stack([np.bincount(nearest_centroid(x, short.centroids).numpy(), minlength=m) for x in clients])
+    pi, _, _ = fit_plsa(hists.astype(np.float64), k, restarts=2, iters=10, seed=0)
+    np.testing.assert_array_equal(pi.astype(np.float32), short.proportions.numpy())

@@ -7,6 +7,7 @@ import torch
 
 from fedgmi.data import (
     ClassSkew,
+    Composed,
     Corruption,
     DatasetUnion,
     LabelPermutation,
@@ -37,6 +38,8 @@ KINDS = {
     "class_skew_dirichlet": lambda: ClassSkew(4, dirichlet=1.0),
     "union": lambda: DatasetUnion(["mnist"], image_shape=[1, 8, 8]),
     "transformed": lambda: Transformed([None, lambda x: x.flip(-1), lambda x: 1 - x]),
+    "rotation_permutation": lambda: Composed([Rotation([0, 90, 180]), LabelPermutation(3)]),
+    "skew_corruption": lambda: Composed([Corruption(["none", "noise", "contrast"]), ClassSkew(3)]),
 }
 
 
@@ -103,6 +106,11 @@ def test_samples_are_their_components_rendering(built) -> None:
                 assert torch.equal(x, rotate_images(images, shift.angles[k])) and torch.equal(y, labels)
             elif kind == "label_permutation":
                 assert torch.equal(x, images) and torch.equal(y, (labels + k) % 10)
+            elif kind == "rotation_permutation":  # both parts, in order: its rotation and its labels
+                assert torch.equal(x, rotate_images(images, 90.0 * k)) and torch.equal(y, (labels + k) % 10)
+                assert sc.component_names[k] == f"rot{90 * k}+perm{k}"
+            elif kind == "skew_corruption":  # the class skew chose the images, the corruption drew them
+                assert set(y.tolist()) <= set(shift.shifts[1]._subsets(10)[k])
             elif kind.startswith("class_skew"):
                 assert torch.equal(x, images) and torch.equal(y, labels)
             elif kind == "corruption" and shift.corruptions[k] != "noise":  # noise: seeded, checked below
@@ -172,6 +180,10 @@ def test_colour_corruption_on_colour_images() -> None:
         ({"dataset": "mnist", "shift": DatasetUnion(["svhn"])}, "unknown dataset(s) ['svhn']"),
         ({"dataset": "digits", "angles": [0, 90], "shift": Rotation()}, "not both"),
         ({"dataset": "digits", "shift": Rotation([0, 360])}, "scenario.shift.init_args.angles"),
+        ({"dataset": "digits", "shift": Composed([Rotation([0, 90])])}, "two or more shifts"),
+        ({"dataset": "digits", "shift": Composed([Rotation([0, 90]), LabelPermutation(3)])},
+         "Rotation K=2, LabelPermutation K=3"),
+        ({"dataset": "digits", "shift": Composed([ClassSkew(2), DatasetUnion(["mnist"])])}, "compose at most one"),
     ],
 )
 def test_shift_errors_are_one_line(config: dict, needle: str) -> None:

@@ -108,8 +108,25 @@ def test_lossy_downlink_keeps_an_exact_copy_of_what_each_client_holds():
     assert channel.metrics()["compression_ratio_down"] == pytest.approx(4 * P / StochasticQuantization(8).nbytes(P))
 
 
+def test_a_started_downlink_sends_a_first_contact_what_changed_since_round_0():
+    initial = [vec(k) for k in range(K)]
+    theta = [t + 0.01 * vec(10 + k) for k, t in enumerate(initial)]  # a little learned since round 0
+    started, cold = Channel(downlink=StochasticQuantization(4)), Channel(downlink=StochasticQuantization(4))
+    started.start(initial)
+    lossless = Channel()
+    lossless.start(initial)
+    assert lossless.initial is None  # a lossless downlink keeps no copies
+    got = started.downlink([task(0, 0, theta)])[0].global_state
+    far = cold.downlink([task(0, 0, theta)])[0].global_state  # from zero: the whole model quantised
+    error = max(float((g - t).abs().max()) for g, t in zip(got, theta))
+    error_cold = max(float((g - t).abs().max()) for g, t in zip(far, theta))
+    assert error < error_cold / 50  # 4 bits of the small change, not of the whole weights
+    assert all(torch.equal(i, vec(k)) for k, i in enumerate(started.initial))  # its copy, not the caller's
+
+
 def test_state_dict_round_trips_residuals_held_copies_and_counters():
     channel = Channel(uplink=TopK(0.05), downlink=StochasticQuantization(8))
+    channel.start([vec(k) for k in range(K)])
     t = channel.downlink([task(3)])[0]
     channel.uplink(t, reply(3, [10.0, 20.0, 30.0]))
     buffer = io.BytesIO()
@@ -121,6 +138,7 @@ def test_state_dict_round_trips_residuals_held_copies_and_counters():
     for k in range(K):
         assert torch.equal(restored.residuals[3][k]["residual"], channel.residuals[3][k]["residual"])
         assert torch.equal(restored.held[3][k], channel.held[3][k])
+        assert torch.equal(restored.initial[k], channel.initial[k])
 
 
 @pytest.mark.parametrize("kwargs", [{"upload_threshold": 1.5}, {"upload_top_m": 0},

@@ -129,3 +129,18 @@ def test_a_malformed_reply_stops_the_round_with_the_contract_error(scenario):
     with pytest.raises(ContractError, match="FedGMI: ClientReply.updates has 4 entries but aggregation_weights "
                                             "has shape \\(3,\\)"):
         run_round(strategy, scenario, cfg, 0, 0, list(range(len(scenario.clients))), LoopState(), print)
+
+
+def test_every_reply_reports_its_local_sample_passes_and_the_loop_sums_them(scenario):
+    # shared body: a client trains its heaviest VAE (train_top_m 1) for 2 epochs and the
+    # classifiers for 3, each on every kept sample
+    strategy = make_fedgmi(scenario, local_epochs=2, classifier_epochs=3, train_top_m=1, warmup_rounds=1)
+    replies = []
+    original = strategy.aggregate
+    strategy.aggregate = lambda rnd, accepted: (replies.extend(accepted), original(rnd, accepted))[1]
+    _, state, _ = one_round(strategy, scenario)
+    sizes = {c.client_id: len(c.x_train) for c in scenario.clients}
+    for reply in replies:  # r_ik >= the weight floor keeps (nearly) every sample
+        n = sizes[reply.client_id]
+        assert 0.9 * n * (2 + 3) <= reply.metrics["sample_passes"] <= n * (2 + 3)
+    assert state.train_sample_passes == sum(r.metrics["sample_passes"] for r in replies) > 0
