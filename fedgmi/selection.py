@@ -46,7 +46,7 @@ of inherent distributions; here):
   the difference and the paired SE is much smaller (0.2-0.5 nats). The held-out NLL of a VAE
   mixture keeps falling a little past the true K (an extra component is a better density
   model), and the paired rule then follows it: on ``pm_mnist`` it chose 4 where the truth is 3
-  and the client SE chose 3 (README, "Choosing K").
+  and the client SE chose 3 (docs/guide/choosing-k.md).
 """
 
 from __future__ import annotations

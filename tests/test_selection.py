@@ -187,4 +187,4 @@ def test_paired_rule_tells_apart_what_the_client_spread_hides():
     assert Selection(noisy, 0, 20.0, 0.2, "FedGMI", 784, standard_error="paired").choose().chosen_k == 2
     assert "paired" in paired.rule() and paired.to_json()["standard_error"] == "paired"
     from fedgmi.selection import SelectionConfig
-    assert SelectionConfig().standard_error == "client"  # the textbook rule stays the default (README)
+    assert SelectionConfig().standard_error == "client"  # the textbook rule stays the default (docs/guide/choosing-k.md)

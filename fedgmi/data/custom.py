@@ -11,7 +11,7 @@ Two ways to say what the K inherent distributions are:
 The result is an ordinary :class:`~fedgmi.data.Scenario` (disjoint pools, clients' mixture
 proportions drawn from ``Dirichlet(alpha)`` or given, ground truth kept for evaluation), which
 every algorithm and :func:`fedgmi.federated.server.run_federation` take as they take a built-in
-one. Example (runs as written, see the README)::
+one. Example (runs as written, see docs/guide/own-data.md)::
 
     import torch
     from torchvision.transforms import v2

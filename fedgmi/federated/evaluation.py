@@ -18,9 +18,10 @@ arg-max_k log pi_ck + evidence_k(x, y), scored through the same map (not what pr
 Mixture scores use one map of learned to true components, found on the training clients' x-only
 assignments (:mod:`fedgmi.metrics.mixture_scores`): a Hungarian matching when the learned K equals
 the true K, else many-to-one (each learned component to the true one most of its samples come
-from), with proportions summed over the learned components mapped to each true one; the map is
-returned (``Evaluation.mapping``, written as ``component_matching`` in metrics.json) and
-``num_components_learned`` is a metric.
+from), with proportions summed over the learned components mapped to each true one. They are
+computed with the torchmetrics ``Metric``s of :mod:`fedgmi.metrics.mixture_metrics`, equal to
+those reference functions bit for bit. The map is returned (``Evaluation.mapping``, written as
+``component_matching`` in metrics.json) and ``num_components_learned`` is a metric.
 
 Generalisation (``evaluation.generalization``): each training client's personalised predictor,
 with its proportions, on the *pool*, the test parts of all clients together (every class any
@@ -43,14 +44,14 @@ from scipy.special import logsumexp
 from fedgmi.errors import ConfigError
 from fedgmi.federated.strategy import EvaluationHooks, Strategy
 from fedgmi.metrics import (
+    AssignmentAccuracy,
     MixtureScores,
+    ProportionError,
     aggregate_proportions,
-    assignment_accuracy,
     component_accuracy_extremes,
     learned_groups,
     learned_order,
     nats_to_bits_per_dim,
-    proportion_errors,
     score_mixture,
 )
 from fedgmi.models import ESTIMATORS
@@ -69,7 +70,7 @@ class EvalConfig:
         proportion_samples: Importance samples when a client re-estimates its proportions on
             its training part (``None`` = ``num_samples``). Proportions average the estimate
             over a client's hundreds of samples, so fewer suffice there than for one sample's
-            assignment (measured in the README, "The default config").
+            assignment (measured in docs/benchmarks/fedgmi-design.md, "The default config").
         proportion_iters: EM iterations when a client re-estimates its proportions.
         generalization: Also score every training client's personalised predictor on the
             pooled test parts of all clients (``generalization_accuracy_mean``; see the module
@@ -103,7 +104,7 @@ class Evaluation:
     scenario's (equal unless the algorithm was told another ``num_components``).
 
     Attributes:
-        metrics: Flat scalar metrics (stable keys, see README).
+        metrics: Flat scalar metrics (stable keys, listed in docs/guide/outputs.md).
         mapping: (K_learned,) learned -> true component map (one-to-one when the K agree).
         estimated_proportions: (C, K_learned) estimated pi of every client, columns by learned component.
         component_accuracy: (K_true, K_learned) accuracy of learned component j's head (column) on true
@@ -169,7 +170,7 @@ def evaluate(strategy: Strategy, scenario, config: EvalConfig, seed: int = 0,
         unseen: Ids of clients that never trained.
 
     Returns:
-        An :class:`Evaluation`; its metric keys are listed in the README.
+        An :class:`Evaluation`; its metric keys are listed in docs/guide/outputs.md.
     """
     gen = torch.Generator(strategy.fabric.device).manual_seed(seed)
     attach_truth(strategy, scenario)
@@ -203,18 +204,20 @@ def evaluate(strategy: Strategy, scenario, config: EvalConfig, seed: int = 0,
         "test_nll_bits_per_dim": nats_to_bits_per_dim(_nanmean(nll), int(np.prod(scenario.image_shape))),
     }
     if _label_informed(strategy):
-        metrics["assignment_accuracy_label_informed"] = assignment_accuracy(
-            cat["z"], cat["assigned_label_informed"], scores.mapping)
+        label_informed = AssignmentAccuracy(true_pi.shape[1], num_learned, mapping=scores.mapping)
+        label_informed.update(torch.from_numpy(cat["z"]), torch.from_numpy(cat["assigned_label_informed"]))
+        metrics["assignment_accuracy_label_informed"] = label_informed.compute().item()
     if config.generalization:
         gen_acc = generalization_accuracy(strategy, scenario, config, {c: outs[c]["pi"] for c in seen_ids}, gen)
         metrics["generalization_accuracy_mean"] = float(gen_acc.mean())
         metrics["generalization_accuracy_p10"] = float(np.percentile(gen_acc, 10))
     if unseen:
         ids = sorted(unseen)
-        _, tv, _ = proportion_errors(est[ids], true_pi[ids], scores.mapping)
+        unseen_tv = ProportionError(scores.mapping, true_pi.shape[1])
+        unseen_tv.update(est[ids], true_pi[ids])
         metrics["unseen_client_accuracy_mean"] = float(np.mean(
             [outs[c]["personal_correct"].float().mean().item() for c in ids]))
-        metrics["unseen_proportion_error_tv"] = tv
+        metrics["unseen_proportion_error_tv"] = unseen_tv.compute().item()
     return Evaluation(metrics, scores.mapping, est, table, client_model, nll)
 
 

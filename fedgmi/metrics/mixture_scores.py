@@ -18,12 +18,15 @@ found on the confusion matrix of sample assignments, and reports it with the res
 paper (FedGMI and its peers): K_learned = K_true, one-to-one; here: also the many-to-one map
 above, with proportions summed over the learned components mapped to each true one
 (:func:`proportion_errors`) and assignments scored through the map.
+
+These numpy functions are the reference definitions; :mod:`fedgmi.metrics.mixture_metrics`
+holds the same scores as torchmetrics ``Metric``s (accumulated over batches or clients), which
+the evaluation uses.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -68,8 +71,38 @@ def match_components(true: np.ndarray, pred: np.ndarray, num_components: int, nu
     Returns:
         (K_learned,) int64 ``mapping`` with ``mapping[j]`` = the true component of learned j.
     """
-    num_learned = num_components if num_learned is None else num_learned
     counts = confusion_matrix(true, pred, num_components, num_learned)
+    overlap = None
+    if estimated_pi is not None and true_pi is not None:
+        overlap = proportion_overlap(estimated_pi, true_pi)
+    return map_components(counts, overlap)
+
+
+def proportion_overlap(estimated_pi: np.ndarray, true_pi: np.ndarray) -> np.ndarray:
+    """(K_true, K_learned) ``sum_c pi_ct pi_hat_cj``, NaN set to 0: how much learned j's estimated
+    proportions overlap true t's across the clients (a sum over clients).
+
+    Args:
+        estimated_pi: (C, K_learned) estimated proportions.
+        true_pi: (C, K_true) true proportions.
+    """
+    return np.nan_to_num(np.asarray(true_pi, dtype=np.float64).T @ np.asarray(estimated_pi, dtype=np.float64))
+
+
+def map_components(counts: np.ndarray, overlap: np.ndarray | None = None) -> np.ndarray:
+    """The map of :func:`match_components`, from the confusion counts.
+
+    Args:
+        counts: (K_true, K_learned) int :func:`confusion_matrix`.
+        overlap: (K_true, K_learned) :func:`proportion_overlap`, or ``None``: where K_learned
+            differs from K_true it maps a learned component no sample is assigned to (arg-max
+            over t); without it, such a component maps to the most frequent true component.
+
+    Returns:
+        (K_learned,) int64 ``mapping`` with ``mapping[j]`` = the true component of learned j.
+    """
+    counts = np.asarray(counts)
+    num_components, num_learned = counts.shape
     if num_learned == num_components:
         true_idx, learned_idx = linear_sum_assignment(counts, maximize=True)
         mapping = np.empty(num_components, dtype=np.int64)
@@ -78,9 +111,8 @@ def match_components(true: np.ndarray, pred: np.ndarray, num_components: int, nu
     mapping = counts.argmax(0).astype(np.int64)
     empty = counts.sum(0) == 0
     if empty.any():
-        if estimated_pi is not None and true_pi is not None:
-            overlap = np.nan_to_num(np.asarray(true_pi, dtype=np.float64).T @ np.asarray(estimated_pi, dtype=np.float64))
-            mapping[empty] = overlap[:, empty].argmax(0)  # (K_true, K_learned) -> per empty column
+        if overlap is not None:
+            mapping[empty] = np.asarray(overlap)[:, empty].argmax(0)  # per empty column
         else:
             mapping[empty] = counts.sum(1).argmax()
     return mapping
@@ -220,40 +252,3 @@ def nats_to_bits_per_dim(nats: float, num_dims: int) -> float:
     """Convert a negative log-likelihood in nats per sample to bits per dimension:
     ``nats / (num_dims * ln 2)``."""
     return float(nats) / (num_dims * math.log(2.0))
-
-
-@dataclass(frozen=True)
-class MixtureScores:
-    """The matched mixture scores of one evaluation (see :func:`score_mixture`)."""
-
-    assignment_accuracy: float
-    nmi: float
-    proportion_error_tv: float
-    proportion_error_max: float
-    mapping: np.ndarray  # (K_learned,) learned -> true
-
-
-def score_mixture(
-    true_z: np.ndarray,
-    pred_z: np.ndarray,
-    estimated_pi: np.ndarray,
-    true_pi: np.ndarray,
-) -> MixtureScores:
-    """Score assignments and proportions with one map (:func:`match_components`).
-
-    Args:
-        true_z: (N,) true components of all evaluated samples (all clients concatenated).
-        pred_z: (N,) most probable learned component of each sample.
-        estimated_pi: (C, K_learned) estimated mixture proportions.
-        true_pi: (C, K_true) true mixture proportions.
-    """
-    num_components, num_learned = true_pi.shape[1], estimated_pi.shape[1]
-    mapping = match_components(true_z, pred_z, num_components, num_learned, estimated_pi, true_pi)
-    _, tv_mean, tv_max = proportion_errors(estimated_pi, true_pi, mapping)
-    return MixtureScores(
-        assignment_accuracy=assignment_accuracy(true_z, pred_z, mapping),
-        nmi=normalized_mutual_info(true_z, pred_z),
-        proportion_error_tv=tv_mean,
-        proportion_error_max=tv_max,
-        mapping=mapping,
-    )

@@ -21,6 +21,7 @@ from typing import Any
 import lightning
 import torch
 from torch import nn
+from torchmetrics.aggregation import MeanMetric
 
 from fedgmi.errors import ConfigError
 from fedgmi.models.elbo import (
@@ -35,6 +36,10 @@ __all__ = ["ESTIMATORS", "ComponentVAE", "mlp"]
 
 ESTIMATORS: tuple[str, ...] = ("elbo", "iwae")
 """Names accepted by :meth:`ComponentVAE.log_likelihood` and the ``estimator`` argument."""
+
+# Keys of ComponentVAE.epoch_means: "<stage>_<value>", logged as "<stage>/<value>".
+_EPOCH_MEANS = ("train_neg_elbo", "val_elbo", "val_elbo_bits_per_dim", "test_elbo",
+                "test_elbo_bits_per_dim", "test_log_likelihood")
 
 # Bound on S_chunk * B * D decoder-output elements per IWAE/ELBO chunk (~16 MiB in float32).
 _CHUNK_ELEMENTS = 1 << 22
@@ -63,6 +68,28 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _batch_field_kind(t: Any, batch_size: int) -> str:
+    """``"labels"`` (integer ``(B,)``), ``"weights"`` (floating ``(B,)``) or ``"invalid"``."""
+    if not isinstance(t, torch.Tensor) or t.shape != (batch_size,):
+        return "invalid"
+    if torch.is_floating_point(t):
+        return "weights"
+    if t.dtype != torch.bool and not t.is_complex():
+        return "labels"
+    return "invalid"
+
+
+def _describe_batch(batch: Any) -> str:
+    """``(float32 (4, 64), int64 (4,))``: the structure of a batch, for error messages."""
+    def one(t: Any) -> str:
+        if isinstance(t, torch.Tensor):
+            return f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
+        return type(t).__name__
+    if isinstance(batch, (tuple, list)):
+        return "(" + ", ".join(one(t) for t in batch) + ")"
+    return one(batch)
+
+
 def _loss_dtype(t: torch.Tensor) -> torch.dtype:
     """At least float32 (bf16/fp16 activations are upcast before any log-likelihood term)."""
     return torch.promote_types(t.dtype, torch.float32)
@@ -81,6 +108,16 @@ class ComponentVAE(lightning.LightningModule):
     Inputs ``x`` hold pixel values in [0, 1] with shape ``(B, D)`` or ``(B, *image_shape)``
     (any trailing shape with ``D`` elements is flattened). Randomness comes from torch's
     global RNG, or from an explicit ``torch.Generator`` where a method accepts one.
+
+    Standalone, it is a plain ``LightningModule``: ``Trainer.fit``, ``validate``, ``test`` and
+    ``predict`` take loaders of ``x``, ``(x,)``, ``(x, y)``, ``(x, w)`` or ``(x, y, w)`` batches
+    (integer second element = labels, ignored; floating = per-sample weights; see
+    :meth:`training_step`), ``model(x)`` is the per-sample ``log p(x)`` bound (:meth:`forward`),
+    ``predict`` returns that bound and the latent mean per batch (:meth:`predict_step`), the
+    losses are logged per epoch as weighted means (``train/neg_elbo_epoch``, ``val/elbo``,
+    ``test/elbo``, ...), and ``load_from_checkpoint`` rebuilds it from its saved
+    hyperparameters. In a federation none of these hooks run: the client worker trains with
+    :meth:`weighted_negative_elbo` and the algorithm's optimizer.
 
     Args:
         image_shape: Shape of one input, e.g. ``(1, 28, 28)``; ``D = prod(image_shape)``.
@@ -155,6 +192,10 @@ class ComponentVAE(lightning.LightningModule):
 
         self.encoder = self.build_encoder()
         self.decoder = self.build_decoder()
+        # Weighted epoch means of the logged values (no parameters, not in the state_dict).
+        # nan_strategy "warn" (the default: NaNs are left out, with a warning), not "disable",
+        # which replaces the weights by ones in torchmetrics <= 1.9 (torchmetrics issue #3434).
+        self.epoch_means = nn.ModuleDict({name: MeanMetric() for name in _EPOCH_MEANS})
 
     # ------------------------------------------------------------------ networks
     def build_encoder(self) -> nn.Module:
@@ -444,63 +485,119 @@ class ComponentVAE(lightning.LightningModule):
         return (w * neg_elbo).mean() / norm
 
     # ------------------------------------------------------------------ Lightning hooks
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The component's density estimate, ``model(x)``: :meth:`log_likelihood` with the
+        constructor's ``estimator`` and ``num_samples``.
+
+        Args:
+            x: Inputs in [0, 1], ``(B, D)`` or ``(B, *image_shape)``.
+
+        Returns:
+            Lower bound on ``log p(x)`` in nats, shape ``(B,)``.
+        """
+        return self.log_likelihood(x)
+
     @staticmethod
     def _unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x``, ``(x,)`` or ``(x, w)`` -> ``(x, w or None)``."""
+        """A batch -> ``(x, w or None)``; labels are accepted and ignored (see :meth:`training_step`)."""
         if isinstance(batch, torch.Tensor):
             return batch, None
-        if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
-            x = batch[0]
-            w = batch[1] if len(batch) == 2 else None
-            if w is not None and (
-                not isinstance(w, torch.Tensor)
-                or not torch.is_floating_point(w)
-                or w.shape != (x.shape[0],)
-            ):
-                raise ConfigError(
-                    "batch second element must be float per-sample weights of shape "
-                    f"({x.shape[0]},), got {getattr(w, 'dtype', type(w))} "
-                    f"{tuple(getattr(w, 'shape', ()))} (labels are not accepted)"
-                )
-            return x, w
+        if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3 and isinstance(batch[0], torch.Tensor):
+            x, rest = batch[0], batch[1:]
+            kinds = [_batch_field_kind(t, x.shape[0]) for t in rest]
+            if kinds in ([], ["labels"], ["weights"], ["labels", "weights"]):
+                return x, (rest[-1] if kinds and kinds[-1] == "weights" else None)
         raise ConfigError(
-            f"batch of type {type(batch).__name__} is invalid; allowed: x, (x,) or (x, w)"
+            f"batch {_describe_batch(batch)} is invalid; allowed: x, (x,), (x, y), (x, w) or "
+            "(x, y, w), with x a tensor (B, ...), y integer labels (B,) and w float per-sample "
+            "weights (B,), in the order (y, w)"
         )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        """Single-sample weighted negative ELBO; logs ``train/neg_elbo`` (nats).
+        """Single-sample weighted negative ELBO (:meth:`weighted_negative_elbo`).
+
+        Batches: ``x``, ``(x,)``, ``(x, y)``, ``(x, w)`` or ``(x, y, w)``. The element after
+        ``x`` is told apart by its dtype: an integer tensor ``(B,)`` is class labels ``y``
+        (ignored: the VAE models x alone; so a ``TensorDataset(images, labels)`` works as
+        it is), a floating tensor ``(B,)`` is per-sample weights ``w >= 0`` (e.g.
+        responsibilities ``r_ik``). Logs ``train/neg_elbo`` (nats per sample) per step
+        (``train/neg_elbo_step``) and per epoch (``train/neg_elbo_epoch``: the weighted mean
+        over the epoch, ``sum_i w_i (-ELBO_i) / sum_i w_i``).
 
         Args:
-            batch: ``x``, ``(x,)`` or ``(x, w)`` with per-sample weights ``w`` ``(B,)``.
+            batch: See above; ``x`` in [0, 1], ``(B, D)`` or ``(B, *image_shape)``.
             batch_idx: Unused.
 
         Returns:
             The scalar loss.
+
+        Raises:
+            ConfigError: A batch of another structure, dtype or batch size.
         """
         x, w = self._unpack_batch(batch)
         loss = self.weighted_negative_elbo(x, w)
-        self.log("train/neg_elbo", loss, batch_size=x.shape[0], prog_bar=True)
+        total_weight = torch.tensor(float(x.shape[0]), device=loss.device) if w is None else w.detach().sum()
+        self._log_mean("train", "neg_elbo", loss.detach(), total_weight, on_step=True)
         return loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Logs ``val/elbo`` (mean single-sample ELBO, nats) and ``val/elbo_bits_per_dim``.
+    def _log_mean(self, stage: str, name: str, values: torch.Tensor, weights: torch.Tensor,
+                  on_step: bool = False) -> None:
+        """Add ``values`` with ``weights`` to the epoch mean ``<stage>/<name>`` and log it."""
+        metric = self.epoch_means[f"{stage}_{name}"]
+        metric(values, weights)  # forward: updates the epoch state, caches the batch mean
+        self.log(f"{stage}/{name}", metric, on_step=on_step, on_epoch=True,
+                 prog_bar=name in ("neg_elbo", "elbo"))
 
-        The mean is weighted by ``w`` when the batch is ``(x, w)``. Bits per dim is
-        ``-ELBO / (D ln 2)``.
+    def _evaluation_step(self, stage: str, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add a batch's single-sample ELBO to ``stage``'s epoch means; returns ``(x, weights)``."""
+        x, w = self._unpack_batch(batch)
+        elbo = self.elbo(x)  # (B,)
+        weights = torch.ones_like(elbo) if w is None else w.to(elbo.dtype)  # (B,)
+        self._log_mean(stage, "elbo", elbo, weights)
+        self._log_mean(stage, "elbo_bits_per_dim", -elbo / (self.data_dim * math.log(2.0)), weights)
+        return x, weights
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Logs the epoch's ``val/elbo`` (mean single-sample ELBO, nats) and
+        ``val/elbo_bits_per_dim`` (``-ELBO / (D ln 2)``).
+
+        Both are exact means over the whole validation set (accumulated in torchmetrics'
+        ``MeanMetric``), weighted by ``w`` when the batches carry weights.
 
         Args:
-            batch: ``x``, ``(x,)`` or ``(x, w)``.
+            batch: As :meth:`training_step`.
             batch_idx: Unused.
         """
-        x, w = self._unpack_batch(batch)
-        mean_elbo = -self.weighted_negative_elbo(x, w)
-        batch_size = x.shape[0]
-        self.log("val/elbo", mean_elbo, batch_size=batch_size, prog_bar=True)
-        self.log(
-            "val/elbo_bits_per_dim",
-            -mean_elbo / (self.data_dim * math.log(2.0)),
-            batch_size=batch_size,
-        )
+        self._evaluation_step("val", batch)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """Logs ``test/elbo`` and ``test/elbo_bits_per_dim`` as :meth:`validation_step` does,
+        and ``test/log_likelihood``: the mean of :meth:`forward` (the constructor's estimator
+        and samples, e.g. an IWAE bound), in nats, with the same weights.
+
+        Args:
+            batch: As :meth:`training_step`.
+            batch_idx: Unused.
+        """
+        x, weights = self._evaluation_step("test", batch)
+        self._log_mean("test", "log_likelihood", self(x), weights)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Per-sample density and latent code (what ``Trainer.predict`` returns per batch).
+
+        Args:
+            batch: As :meth:`training_step` (labels and weights are ignored).
+            batch_idx: Unused.
+            dataloader_idx: Unused.
+
+        Returns:
+            ``{"log_likelihood": (B,), "latent_mean": (B, L)}``: :meth:`forward`'s lower bound
+            on ``log p(x)`` in nats (the constructor's estimator and samples) and the posterior
+            mean ``mu(x)`` of ``q(z | x)``.
+        """
+        x, _ = self._unpack_batch(batch)
+        mu, _ = self.encode(x)  # (B, L)
+        return {"log_likelihood": self(x), "latent_mean": mu.to(_loss_dtype(mu))}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over all parameters with the constructor's ``lr``."""
