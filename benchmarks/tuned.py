@@ -263,7 +263,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kinds", nargs="+", default=["rotation"], choices=list(KINDS))
     parser.add_argument("--methods", nargs="+", required=True, choices=list(METHODS))
-    parser.add_argument("--epochs", nargs="+", type=int, default=[5, 15, 30])
+    parser.add_argument("--epochs", nargs="+", type=int, default=[5, 15])
     parser.add_argument("--lrs", nargs="+", type=float, default=[0.001, 0.003])
     parser.add_argument("--validation_seeds", nargs="+", type=int, default=[100])
     parser.add_argument("--tune_on", choices=list(KINDS), default=None,
