@@ -148,7 +148,7 @@ def check_config_files(argv: list[str]) -> None:
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else (
             arg.split("=", 1)[1] if arg.startswith("--config=") else None)
-        if path is None or not Path(path).is_file():
+        if path is None or "\n" in path or not Path(path).is_file():  # "\n": a config's text, not a path
             continue
         try:
             content = yaml.safe_load(Path(path).read_text())
