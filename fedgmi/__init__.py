@@ -39,7 +39,11 @@ _EXPORTS = {
 }
 """Public name -> the module that defines it (imported on first use)."""
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "IFCA", "ClassifierMixture", "ConfigError", "FedAvg", "FedEM", "FedGMI", "FedGMM", "FedGenGMM", "FedSoft",
+    "FedVTC", "Local", "Oracle", "PFedGM", "RunResult", "Scenario", "ScenarioConfig", "Stopped", "Strategy",
+    "__version__", "build_scenario", "fit", "test",
+]
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API reference
     from fedgmi.algorithms import (

@@ -70,3 +70,8 @@ def test_the_public_names_load_lazily():
     from fedgmi.federated import ClientReply, ClientTask, ClientWorker, Strategy  # noqa: F401
     with pytest.raises(AttributeError):
         fedgmi.no_such_name  # noqa: B018
+
+
+def test_all_lists_exactly_the_lazy_exports():
+    from fedgmi import _EXPORTS
+    assert set(fedgmi.__all__) == {"__version__", *_EXPORTS}

@@ -25,8 +25,8 @@ import lightning
 import numpy as np
 import torch
 
-from fedgmi.errors import ConfigError
 from fedgmi.data.shifts import Shift
+from fedgmi.errors import ConfigError
 
 CHECKPOINT_FORMAT = "fedgmi-checkpoint-v2"  # v2: the channel's state under "channel"
 
