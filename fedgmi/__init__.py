@@ -31,7 +31,7 @@ _EXPORTS = {
     "fit": "fedgmi.run", "test": "fedgmi.run", "RunResult": "fedgmi.run", "Stopped": "fedgmi.run",
     "ConfigError": "fedgmi.errors",
     "ScenarioConfig": "fedgmi.data", "build_scenario": "fedgmi.data", "Scenario": "fedgmi.data",
-    "Strategy": "fedgmi.federated.strategy",
+    "Strategy": "fedgmi.federated.strategy", "check_strategy": "fedgmi.federated.contract",
     "ClassifierMixture": "fedgmi.algorithms", "FedAvg": "fedgmi.algorithms", "FedEM": "fedgmi.algorithms",
     "FedGMI": "fedgmi.algorithms", "FedGMM": "fedgmi.algorithms", "FedGenGMM": "fedgmi.algorithms",
     "FedSoft": "fedgmi.algorithms", "FedVTC": "fedgmi.algorithms", "IFCA": "fedgmi.algorithms",
@@ -42,7 +42,7 @@ _EXPORTS = {
 __all__ = [
     "IFCA", "ClassifierMixture", "ConfigError", "FedAvg", "FedEM", "FedGMI", "FedGMM", "FedGenGMM", "FedSoft",
     "FedVTC", "Local", "Oracle", "PFedGM", "RunResult", "Scenario", "ScenarioConfig", "Stopped", "Strategy",
-    "__version__", "build_scenario", "fit", "test",
+    "__version__", "build_scenario", "check_strategy", "fit", "test",
 ]
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API reference
@@ -62,6 +62,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API refe
     )
     from fedgmi.data import Scenario, ScenarioConfig, build_scenario
     from fedgmi.errors import ConfigError
+    from fedgmi.federated.contract import check_strategy
     from fedgmi.federated.strategy import Strategy
     from fedgmi.run import RunResult, Stopped, fit, test
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning
@@ -24,7 +26,13 @@ from jsonargparse import ArgumentParser, Namespace
 from rich.console import Console
 
 from fedgmi import tracking
-from fedgmi.config_checks import check_config_files, summarize_parser_error
+from fedgmi.config_checks import (
+    check_config_files,
+    dropped_algorithm_options,
+    import_class,
+    summarize_parser_error,
+)
+from fedgmi.data import Scenario
 from fedgmi.errors import ConfigError
 from fedgmi.federated.channel import Channel
 from fedgmi.federated.checkpoint import (
@@ -35,7 +43,8 @@ from fedgmi.federated.checkpoint import (
     set_rng_states,
     strategy_signature,
 )
-from fedgmi.federated.evaluation import evaluate
+from fedgmi.federated.contract import check_strategy_class
+from fedgmi.federated.evaluation import Evaluation, evaluate
 from fedgmi.federated.server import (
     EvalCallback,
     LoopState,
@@ -47,7 +56,16 @@ from fedgmi.federated.server import (
 from fedgmi.federated.strategy import ProblemSpec, Strategy
 from fedgmi.outputs import RunDirectory, print_component_table, print_summary
 from fedgmi.report import write_plots
-from fedgmi.run_config import ALGORITHMS, SAVED_CONFIG_RESET, build_parser, instantiate, run_path
+from fedgmi.run_config import (
+    ALGORITHMS,
+    SAVED_CONFIG_RESET,
+    build_parser,
+    dump_config,
+    instantiate,
+    run_path,
+    saved_config,
+    subcommand_parser,
+)
 from fedgmi.selection import check_selectable, print_selection, run_selection
 
 
@@ -55,7 +73,7 @@ from fedgmi.selection import check_selectable, print_selection, run_selection
 class Prepared:
     """Everything a subcommand works with, built from its config."""
 
-    scenario: object
+    scenario: Scenario
     strategy: Strategy
     fabric: lightning.Fabric
     run: RunDirectory
@@ -70,7 +88,6 @@ def prepare(parser: ArgumentParser, cfg: Namespace, checked: tuple | None = None
     directory (created once every input checked; config.yaml written once everything matched).
     ``checked``: what :func:`instantiate` returned, when the caller ran it already."""
     objs, scenario, checkpoint = checked or instantiate(parser, cfg)
-    sub_parser = parser._subcommands_action._name_parser_map[cfg.subcommand]
     sub_cfg = cfg[cfg.subcommand]
     path = run_path(cfg.subcommand, sub_cfg, objs)
     resuming = cfg.subcommand == "fit" and checkpoint is not None
@@ -88,11 +105,7 @@ def prepare(parser: ArgumentParser, cfg: Namespace, checked: tuple | None = None
         signature = strategy_signature(objs.algorithm.name, objs.algorithm.global_state)
         check_signature(sub_cfg.ckpt_path, checkpoint["signature"], signature)
         objs.algorithm.load_state_dict(checkpoint["strategy"])
-    saved = sub_cfg.clone()
-    for key, value in SAVED_CONFIG_RESET.items():
-        if key in saved and (cfg.subcommand == "fit" or key != "ckpt_path"):
-            saved[key] = value
-    config_text = sub_parser.dump(saved)
+    config_text = saved_config(parser, cfg)
     if fabric.is_global_zero:
         run.write_config(config_text)
     tracking.log_hyperparams(fabric, yaml.safe_load(config_text))
@@ -100,13 +113,13 @@ def prepare(parser: ArgumentParser, cfg: Namespace, checked: tuple | None = None
     return Prepared(scenario, objs.algorithm, fabric, run, objs, unseen, checkpoint)
 
 
-def write_evaluation(p: Prepared, result, row: dict) -> None:
+def write_evaluation(p: Prepared, result: Evaluation, row: dict) -> None:
     """proportions.csv and component_accuracy.csv of one evaluation."""
     p.run.write_proportions(result, p.scenario.truth.proportions.numpy(), p.scenario.component_names, p.unseen)
     p.run.write_component_accuracy(result, p.scenario.component_names)
 
 
-def finish(p: Prepared, row: dict, result, wall_time_s: float, console: Console) -> dict:
+def finish(p: Prepared, row: dict, result: Evaluation, wall_time_s: float, console: Console) -> dict:
     """metrics.json, plots (also sent to the loggers), the summary and the component table."""
     names = p.scenario.component_names
     final = {**row, "rounds": p.objs.federation.rounds, "wall_time_s": wall_time_s,
@@ -158,9 +171,10 @@ def start_state(p: Prepared, console: Console) -> LoopState:
 def loop_callbacks(p: Prepared) -> tuple[dict, EvalCallback, RoundCallback]:
     """``(last, on_eval, on_round_end)`` of a fit: rank 0 writes each evaluation's rows, tables
     and logs (``last["row"]`` keeps the newest row) and the round checkpoints."""
-    fed, last = p.objs.federation, {"row": {}}
+    fed = p.objs.federation
+    last: dict[str, dict] = {"row": {}}
 
-    def on_eval(rnd: int, row: dict, result) -> None:
+    def on_eval(rnd: int, row: dict, result: Evaluation) -> None:
         last["row"] = row
         if not p.fabric.is_global_zero:  # every rank evaluates (identically); rank 0 writes
             return
@@ -225,6 +239,7 @@ def run_test(parser: ArgumentParser, cfg: Namespace, console: Console) -> RunRes
         raise ConfigError("ckpt_path: test needs --ckpt_path, a checkpoint written by fedgmi fit")
     p = prepare(parser, cfg)
     result = evaluate(p.strategy, p.scenario, p.objs.evaluation, cfg.test.seed, p.unseen)
+    assert p.checkpoint is not None  # prepare loaded it (ckpt_path is required)
     row = {"round": int(p.checkpoint["round"]), **result.metrics}
     p.run.append_metrics(row)
     tracking.log_metrics(p.fabric, row)
@@ -249,8 +264,8 @@ def run_select_k(parser: ArgumentParser, cfg: Namespace, console: Console) -> di
     checked = instantiate(parser, cfg)
     check_selectable(checked[0].algorithm)  # before any folder is created
     p = prepare(parser, cfg, checked)
-    sub_cfg, fit_parser = cfg.select_k, parser._subcommands_action._name_parser_map["fit"]
-    select_parser = parser._subcommands_action._name_parser_map["select_k"]
+    sub_cfg, fit_parser = cfg.select_k, subcommand_parser(parser, "fit")
+    select_parser = subcommand_parser(parser, "select_k")
 
     def make_run(k: int, folder: Path) -> tuple[Strategy, Channel]:
         k_cfg = sub_cfg.clone()
@@ -261,7 +276,7 @@ def run_select_k(parser: ArgumentParser, cfg: Namespace, console: Console) -> di
             fit_cfg = k_cfg.clone()  # what `fedgmi fit` runs (on the full training parts), into a new folder
             del fit_cfg["selection"]
             fit_cfg.update(Namespace(SAVED_CONFIG_RESET))
-            (folder / "config.yaml").write_text(fit_parser.dump(fit_cfg))
+            (folder / "config.yaml").write_text(dump_config(fit_parser, fit_cfg))
         return objs.algorithm, objs.channel
 
     try:
@@ -288,7 +303,7 @@ class Stopped(Exception):
 
 
 @contextmanager
-def stop_on_signals(console: Console, resume: str = "", checkpoint: Path | None = None):
+def stop_on_signals(console: Console, resume: str = "", checkpoint: Path | None = None) -> Iterator[list[int]]:
     """While inside, SIGTERM and SIGINT ask the loop to stop after the current round (it writes
     a checkpoint first); a second signal stops the process at once, with one line on stderr
     (the resume command, or that no checkpoint exists yet) and exit status 128 + signal.
@@ -298,7 +313,7 @@ def stop_on_signals(console: Console, resume: str = "", checkpoint: Path | None 
         yield received
         return
 
-    def handler(signum, frame) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         if received:
             name = signal.Signals(signum).name
             if checkpoint is not None and checkpoint.is_file():
@@ -379,11 +394,27 @@ def parse(args: Sequence[str]) -> tuple[ArgumentParser, Namespace]:
     check_config_files(args)
     parser = build_parser()
     try:
-        return parser, parser.parse_args(args)
+        cfg = parser.parse_args(args)
     except Exception as err:  # jsonargparse's ArgumentError and friends
         if type(err).__name__ != "ArgumentError":
             raise
+        _refuse_incomplete_strategy(str(err))
         raise ConfigError(summarize_parser_error(str(err), ALGORITHMS)) from None
+    algorithm = cfg[cfg.subcommand].get("algorithm")
+    dropped = dropped_algorithm_options(args, algorithm.get("init_args") if algorithm else None)
+    if dropped:
+        print(f"fedgmi: {dropped}", file=sys.stderr)
+    return parser, cfg
+
+
+def _refuse_incomplete_strategy(message: str) -> None:
+    """A parser error that refuses an abstract class as ``algorithm``: raise the contract's own
+    line instead (the required hooks the class leaves out)."""
+    found = re.search(r"but (\S+) is abstract", message)
+    cls = import_class(found.group(1)) if found and message.lstrip().startswith("Parser key \"algorithm\"") \
+        else None
+    if cls is not None:
+        check_strategy_class(cls)
 
 
 def fit(config: ConfigSource | Sequence[ConfigSource] = (), *, seed: int | None = None,

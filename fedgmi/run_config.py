@@ -8,21 +8,32 @@ from __future__ import annotations
 
 import copy
 import os
+import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import lightning
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace, lazy_instance
+from lightning.fabric.loggers import Logger
 
 import fedgmi
 import fedgmi.algorithms
 from fedgmi.algorithms.gmi import FedGMI
-from fedgmi.config_checks import check_optimizers, config_error, one_line, warn_unread_fields
-from fedgmi.data import ScenarioConfig, build_scenario
+from fedgmi.config_checks import (
+    check_optimizers,
+    config_error,
+    import_class,
+    one_line,
+    warn_unread_fields,
+)
+from fedgmi.data import Scenario, ScenarioConfig, build_scenario
 from fedgmi.errors import ConfigError
 from fedgmi.federated.channel import Channel
 from fedgmi.federated.checkpoint import check_scenario, load_checkpoint, scenario_signature
+from fedgmi.federated.contract import check_strategy_class
 from fedgmi.federated.evaluation import EvalConfig
 from fedgmi.federated.server import FederationConfig
 from fedgmi.federated.strategy import ProblemSpec, Strategy
@@ -114,13 +125,13 @@ class FabricConfig:
         except Exception as err:  # noqa: BLE001 - Fabric's own check of the combination
             raise ConfigError(f"fabric = {asdict(self)} cannot run here: {one_line(str(err))}") from None
 
-    def _fabric(self, loggers) -> lightning.Fabric:
+    def _fabric(self, loggers: Logger | list[Logger] | None) -> lightning.Fabric:
         several = self.devices * self.num_nodes > 1
         return lightning.Fabric(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
-                                strategy="ddp" if several else "auto", precision=self.precision,
+                                strategy="ddp" if several else "auto", precision=cast(Any, self.precision),
                                 loggers=loggers)
 
-    def build(self, loggers) -> lightning.Fabric:
+    def build(self, loggers: Logger | list[Logger] | None) -> lightning.Fabric:
         """The launched Fabric (several processes: strategy "ddp"), with this process's torch
         threads set. Under ``fabric run`` (which sets LT_CLI_USED=1) the processes exist
         already and Fabric joins them itself."""
@@ -194,16 +205,21 @@ def _same_path(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, object, dict | None]:
+def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, Scenario, dict | None]:
     """Validate everything before any work: config objects (every section, the algorithm and
     its component, head and optimizer, built once on the CPU), the accelerator, the output
     folder, the scenario (data files) and the checkpoint, if one is given, against the
     scenario. Raises ConfigError (one line naming the full key) on the first bad input.
     Writes nothing."""
-    sub_parser = parser._subcommands_action._name_parser_map[cfg.subcommand]
+    sub_parser = subcommand_parser(parser, cfg.subcommand)
     sub_cfg = cfg[cfg.subcommand]
     check_int("seed", sub_cfg.seed, 0)
     check_optimizers(sub_cfg)  # before the algorithm builds them: the message names the full key
+    algorithm = sub_cfg.get("algorithm")
+    cls = import_class(algorithm.class_path) if isinstance(algorithm, Namespace) and \
+        isinstance(algorithm.get("class_path"), str) else None
+    if cls is not None:
+        check_strategy_class(cls)  # every required hook, before any work
     try:
         objs = sub_parser.instantiate(sub_cfg)
     except (TypeError, ValueError) as err:  # a component's own check, e.g. a bad init_args value
@@ -226,7 +242,7 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, obje
     except ConfigError as err:
         if cfg.subcommand == "validate" and objs.scenario.download and "data folder" in str(err):
             from fedgmi.data.datasets import resolve_data_dir
-            raise ConfigError(f"scenario.data_dir: no {objs.scenario.dataset} under {str(resolve_data_dir(objs.scenario.data_dir))!r} "
+            raise ConfigError(f"scenario.data_dir: no {objs.scenario.dataset_name} under {str(resolve_data_dir(objs.scenario.data_dir))!r} "
                               "(validate neither downloads nor creates folders; fit downloads it there with "
                               "scenario.download = true, or set FEDGMI_DATA_DIR to a folder holding MNIST/raw)") from None
         raise config_error(err, sub_cfg, SECTIONS, "scenario") from None
@@ -291,7 +307,7 @@ def run_path(subcommand: str, sub_cfg: Namespace, objs: Namespace) -> Path:
     ``runs/<dataset>-<algorithm>-<time>``."""
     create = _env_rank() == 0
     ckpt_run = _run_dir_of(sub_cfg.get("ckpt_path"))
-    name = f"{objs.scenario.dataset}-{type(objs.algorithm).__name__.lower()}"
+    name = f"{objs.scenario.dataset_name}-{type(objs.algorithm).__name__.lower()}"
     if sub_cfg.output_dir:
         path = Path(sub_cfg.output_dir)
         if subcommand == "fit" and ckpt_run is not None and path.exists() and _same_path(path, ckpt_run):
@@ -309,3 +325,36 @@ def run_path(subcommand: str, sub_cfg: Namespace, objs: Namespace) -> Path:
         return create_unique_dir(target)
     except OSError as err:
         raise ConfigError(f"output_dir = {str(target)!r} cannot be created ({err.strerror or err})") from None
+
+
+UNSERIALIZABLE_NONE = "Unable to serialize instance None"
+"""What jsonargparse writes for a ``null`` in a list of callables (``Transformed``'s identity
+transform): its Callable serializer claims the value before the union's None does."""
+
+
+def dump_config(parser: ArgumentParser, cfg: Namespace) -> str:
+    """``cfg`` as YAML that ``parser`` reads back (a run's ``config.yaml``): jsonargparse's dump,
+    with a ``null`` in a list of callables written as ``null``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=rf"\s*{UNSERIALIZABLE_NONE}")
+        text = parser.dump(cfg)
+    return re.sub(rf"^(\s*(?:- |[\w.]+: ))(?:'{UNSERIALIZABLE_NONE}'|{UNSERIALIZABLE_NONE})$", r"\1null", text,
+                  flags=re.MULTILINE)
+
+
+def saved_config(parser: ArgumentParser, cfg: Namespace) -> str:
+    """The ``config.yaml`` a run writes: its parsed config (``cfg``, as :func:`build_parser`'s
+    ``parser`` parsed it), without what :data:`SAVED_CONFIG_RESET` resets (``fit``: a new run
+    from scratch; ``test`` keeps its checkpoint), readable by ``fedgmi validate`` and ``fit``."""
+    saved = cfg[cfg.subcommand].clone()
+    for key, value in SAVED_CONFIG_RESET.items():
+        if key in saved and (cfg.subcommand == "fit" or key != "ckpt_path"):
+            saved[key] = value
+    return dump_config(subcommand_parser(parser, cfg.subcommand), saved)
+
+
+def subcommand_parser(parser: ArgumentParser, name: str) -> ArgumentParser:
+    """The parser of subcommand ``name`` of :func:`build_parser`'s ``parser``."""
+    action = parser._subcommands_action
+    assert action is not None, "a parser built by build_parser has subcommands"
+    return action._name_parser_map[name]

@@ -6,11 +6,13 @@ client does with its data and how replies become the new global state; :class:`C
 and :class:`ClientReply` are what crosses the client/server boundary; :class:`ClientWorker`
 is the one client worker (local training with per-sample weights); :class:`ProblemSpec` is
 what a strategy knows before training; :func:`check_strategy` runs the contract test on a
-class. The rest of the subpackage is the loop's machinery: the E-step (``responsibilities``),
+class; :func:`aggregate_components` is the per-component weighted average of deltas. The rest of the subpackage is the loop's machinery: the E-step (``responsibilities``),
 aggregation, the channel and its codecs, the loop (``server``), evaluation, checkpoints and
 multi-process runs.
 """
 
+from fedgmi.federated.aggregation import aggregate_components
+from fedgmi.federated.contract import check_strategy
 from fedgmi.federated.messages import ClientReply, ClientTask, ContractError, derive_seed
 from fedgmi.federated.strategy import (
     ClientState,
@@ -35,5 +37,7 @@ __all__ = [
     "ParameterVectorStrategy",
     "ProblemSpec",
     "Strategy",
+    "aggregate_components",
+    "check_strategy",
     "derive_seed",
 ]
