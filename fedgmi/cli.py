@@ -1,4 +1,5 @@
-"""``fedgmi`` command line: parsing and wiring only (config -> objects -> run).
+"""``fedgmi`` command line: a thin shell over the run layer (:mod:`fedgmi.run`, which
+:func:`fedgmi.fit` and the Flower ServerApp call too) and the parser (:mod:`fedgmi.run_config`).
 
 ``fedgmi fit --config FILE`` trains and evaluates (``--ckpt_path PATH`` resumes a run exactly:
 same round, client state and random state); ``fedgmi test --config FILE --ckpt_path PATH``

@@ -236,7 +236,8 @@ def dropped_algorithm_options(args: list[str], final_init_args: Namespace | None
     switch = _algorithm_switch(args)
     if switch is None:
         return None
-    given_class, given = None, {}
+    given_class: str | None = None
+    given: dict[str, object] = {}
     for content in _config_sources(args):
         section = content.get("algorithm")
         if not isinstance(section, dict):

@@ -58,6 +58,7 @@ from fedgmi.outputs import RunDirectory, print_component_table, print_summary
 from fedgmi.report import write_plots
 from fedgmi.run_config import (
     ALGORITHMS,
+    NOTES,
     SAVED_CONFIG_RESET,
     build_parser,
     dump_config,
@@ -261,8 +262,11 @@ def run_select_k(parser: ArgumentParser, cfg: Namespace, console: Console) -> di
     """Choose K (:mod:`fedgmi.selection`): one run folder with a ``k<K>/`` folder per K (its
     config.yaml, runnable by ``fedgmi fit``, per-round metrics.csv, per-client held_out.csv),
     selection.json, selection.csv and selection.png."""
+    notes = NOTES.pop(parser, [])  # printed once select_k accepts the algorithm too: a refusal stays one line
     checked = instantiate(parser, cfg)
     check_selectable(checked[0].algorithm)  # before any folder is created
+    for note in notes:
+        print(f"fedgmi: {note}", file=sys.stderr)
     p = prepare(parser, cfg, checked)
     sub_cfg, fit_parser = cfg.select_k, subcommand_parser(parser, "fit")
     select_parser = subcommand_parser(parser, "select_k")
@@ -403,7 +407,7 @@ def parse(args: Sequence[str]) -> tuple[ArgumentParser, Namespace]:
     algorithm = cfg[cfg.subcommand].get("algorithm")
     dropped = dropped_algorithm_options(args, algorithm.get("init_args") if algorithm else None)
     if dropped:
-        print(f"fedgmi: {dropped}", file=sys.stderr)
+        NOTES.setdefault(parser, []).append(dropped)
     return parser, cfg
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import os
 import re
+import sys
 import warnings
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -146,6 +148,10 @@ SECTIONS = {"scenario": ScenarioConfig, "federation": FederationConfig, "evaluat
             "fabric": FabricConfig, "channel": Channel, "logging": LoggingConfig}
 """The config sections built from a class (dataclass or plain), by key."""
 
+NOTES: weakref.WeakKeyDictionary[ArgumentParser, list[str]] = weakref.WeakKeyDictionary()
+"""Notes on a parsed config (an --algorithm switch's dropped options), by parser: printed to
+stderr by :func:`instantiate` once every input is accepted."""
+
 SAVED_CONFIG_RESET = {"output_dir": None, "ckpt_path": None, "overwrite": False}
 """Left out of a run's saved config.yaml: it runs again into a new folder, from scratch."""
 
@@ -256,6 +262,8 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, Scen
     except (TypeError, ValueError) as err:
         raise config_error(err, sub_cfg, SECTIONS) from None
     warn_unread_fields(sub_cfg)
+    for note in NOTES.pop(parser, []):  # once every input is accepted: a refusal stays one line
+        print(f"fedgmi: {note}", file=sys.stderr)
     return objs, scenario, checkpoint
 
 

@@ -28,9 +28,10 @@ one. Example (runs as written, see docs/guide/own-data.md)::
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -151,7 +152,7 @@ def base_from_dataset(dataset: torch.utils.data.Dataset, name: str = "custom",
     if isinstance(dataset, TensorFile):  # all in memory already
         return base_from_tensors(dataset.images, dataset.labels, name, num_classes)
     xs, ys = [], []
-    for i in range(len(dataset)):
+    for i in range(len(cast(Sized, dataset))):
         item = dataset[i]
         if not isinstance(item, tuple | list) or len(item) < 2:
             raise ConfigError(f"dataset[{i}] is {type(item).__name__}; allowed: an (image, label) pair")
@@ -208,7 +209,7 @@ def scenario_from_tensors(
     if (transforms is None) == (shift is None):
         raise ConfigError("give transforms (K callables) or shift (a fedgmi.data.shifts.Shift), exactly one")
     base = base_from_tensors(images, labels, name, num_classes)
-    shift = shift if shift is not None else Transformed(transforms, names)
+    shift = shift if shift is not None else Transformed(cast(Sequence[Callable | None], transforms), names)
     config = _config(name, shift, num_clients=num_clients, alpha=alpha, proportions=proportions,
                      samples_per_client=tuple(samples_per_client), test_fraction=test_fraction, seed=seed)
     return build_scenario(config, base)

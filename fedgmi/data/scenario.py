@@ -299,6 +299,12 @@ class Scenario:
         )
 
 
+def _chw(shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(C, H, W)`` of an image shape."""
+    c, h, w = (int(d) for d in shape)
+    return c, h, w
+
+
 def component_name(angle: float) -> str:
     """Name of the component with rotation ``angle``: ``0.0 -> "rot0"``, ``22.5 -> "rot22.5"``."""
     return f"rot{float(angle):g}"
@@ -337,7 +343,7 @@ def build_scenario(config: ScenarioConfig, base: BaseDataset | None = None,
         from fedgmi.data.custom import base_from_dataset
         base = base_from_dataset(config.dataset, config.dataset_name)
     elif base is None:
-        base = load_base_dataset(config.dataset, config.data_dir, config.download)
+        base = load_base_dataset(config.dataset_name, config.data_dir, config.download)
     elif base.name != config.dataset_name:
         raise ConfigError(f"base dataset {base.name!r} does not match dataset = {config.dataset_name!r}")
     other_names = shift.other_datasets()
@@ -442,6 +448,7 @@ def _assemble(
     z_np = np.repeat(np.tile(np.arange(k), counts.shape[0] * 2), counts.ravel())
     source_np, index_np = shift.draw_pool(z_np, [b.labels for b in bases], rng)
     z_all, source, index = (torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in (z_np, source_np, index_np))
+    assert config.seed is not None  # build_scenario refuses None first
     x_all, labels = _render(shift, bases, z_all, source, index, config.seed)
     x_all = x_all.flatten(1)
     offsets = torch.tensor(np.cumsum([0] + [len(b) for b in bases[:-1]]), dtype=torch.int64)
@@ -459,7 +466,7 @@ def _assemble(
     return Scenario(
         clients=clients,
         truth=truth,
-        image_shape=tuple(shift.output_shape([b.image_shape for b in bases])),
+        image_shape=_chw(shift.output_shape([b.image_shape for b in bases])),
         num_components=k,
         num_classes=shift.output_classes([b.num_classes for b in bases]),
         component_names=shift.component_names(),
