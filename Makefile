@@ -41,7 +41,8 @@ test-slow: $(STAMP)
 MYPY_MODULES := fedgmi/__init__.py fedgmi/errors.py fedgmi/validation.py fedgmi/config_checks.py \
 	fedgmi/run.py fedgmi/run_config.py fedgmi/cli.py \
 	fedgmi/federated/__init__.py fedgmi/federated/strategy.py fedgmi/federated/messages.py \
-	fedgmi/federated/contract.py fedgmi/federated/aggregation.py \
+	fedgmi/federated/contract.py fedgmi/federated/aggregation.py fedgmi/federated/worker.py \
+	fedgmi/federated/evaluation.py fedgmi/federated/robustness.py fedgmi/federated/channel.py \
 	fedgmi/data/__init__.py fedgmi/data/scenario.py fedgmi/data/custom.py fedgmi/data/datasets.py
 
 lint: $(STAMP)
