@@ -25,8 +25,8 @@ import lightning
 import numpy as np
 import torch
 
-from fedgmi.errors import ConfigError
 from fedgmi.data.shifts import Shift
+from fedgmi.errors import ConfigError
 
 CHECKPOINT_FORMAT = "fedgmi-checkpoint-v2"  # v2: the channel's state under "channel"
 
@@ -107,6 +107,8 @@ def scenario_signature(scenario, seed: int, unseen_fraction: float) -> dict[str,
     config = scenario.config
     fields: dict[str, Any] = {f"scenario.{name}": _plain(getattr(config, name)) for name in SCENARIO_FIELDS}
     fields["scenario.shift"] = describe_shift(config.resolved_shift)
+    if not isinstance(config.dataset, str):  # your own Dataset: its class and plain settings (a path)
+        fields["scenario.dataset"] = describe_shift(config.dataset)
     if config.proportions is not None:
         fields["scenario.alpha"] = None  # explicit proportions override alpha
     digest = hashlib.sha256()
