@@ -132,6 +132,13 @@ class FedGenGMM(GaussianFeatures, ClassifierMixture):
     def state_dict(self):
         return {**super().state_dict(), "gmm": {"means": self.means.cpu(), "covariances": self.covariances.cpu()}}
 
+    def node_state(self, client_ids):
+        """The global mixture (feature space), which every client's E-step reads."""
+        return {"gmm": {"means": self.means.cpu(), "covariances": self.covariances.cpu()}}
+
+    def load_node_state(self, state) -> None:
+        self.set_mixture(state["gmm"]["means"], state["gmm"]["covariances"])
+
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.set_mixture(state["gmm"]["means"], state["gmm"]["covariances"])

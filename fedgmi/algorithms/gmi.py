@@ -374,6 +374,23 @@ class FedGMI(ParameterVectorStrategy):
         calibrated = self.density_weights is not None  # null: the paper's tau = 1, whatever was saved
         self.density_weight = float(state.get("density_weight", 1.0)) if calibrated else 1.0
 
+    def node_state(self, client_ids: Sequence[int]) -> dict:
+        """The topic model's global part (fine-cluster centroids (M, D), log beta (K, V), Y or
+        ``None``), which the warm-up rounds read on the client, and tau; no client's proportions
+        (each client's pi travels in its own state) and no totals over clients."""
+        topic = None if self.topic is None else {"centroids": self.topic.centroids.cpu(),
+                                                 "log_beta": self.topic.log_beta.cpu(),
+                                                 "num_classes": self.topic.num_classes}
+        return {"topic": topic, "density_weight": self.density_weight}
+
+    def load_node_state(self, state: dict) -> None:
+        """Install :meth:`node_state` (the topic model with an empty (0, K) proportions table)."""
+        topic = state.get("topic")
+        self.topic = None if topic is None else TopicInit(
+            topic["centroids"], topic["log_beta"], torch.empty(0, topic["log_beta"].shape[0]),
+            topic["num_classes"], float("nan"), 0, 0)
+        self.density_weight = float(state.get("density_weight", 1.0))
+
     def initialize(self, clients) -> Initialization:
         """Topic-model initialisation over all clients (``init="topic"``), see topic_init; in
         the "joint" mode its tokens include the labels. Each client's state is its topic-model

@@ -245,6 +245,16 @@ class Strategy(EvaluationHooks):
             "client_state": {c: {k: v.cpu() for k, v in s.items()} for c, s in self.client_state.items()},
         }
 
+    def node_state(self, client_ids: Sequence[int]) -> dict[str, Any]:
+        """What a client update needs besides its task (global vectors, settings) and its own
+        state, for a node that holds ``client_ids``: what a deployment sends that node (see
+        :mod:`fedgmi.flower.wire`). It must hold no other client's data or state (the base
+        class: nothing; a strategy whose clients read a shared initialisation returns it)."""
+        return {}
+
+    def load_node_state(self, state: dict[str, Any]) -> None:
+        """Install what :meth:`node_state` returned, on a node's copy of the strategy."""
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (the global state too, unless the class
         derives :attr:`global_state` itself: then its own ``load_state_dict`` restores it)."""

@@ -60,8 +60,7 @@ def train(msg: Message, context: Context, run_config: dict | None = None) -> Mes
     if blob is not None:
         digest = hashlib.sha256(blob).hexdigest()
         if digest != side.strategy_hash:  # e.g. FedGMI's topic model, after initialisation
-            extra = wire.load_strategy_blob(blob)
-            strategy.load_state_dict({**extra, "global_state": list(strategy.global_state), "client_state": {}})
+            strategy.load_node_state(wire.load_strategy_blob(blob))
             side.strategy_hash = digest
     held = node_clients(context.node_config, len(side.scenario.clients))
     out = RecordDict()

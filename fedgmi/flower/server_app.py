@@ -14,9 +14,15 @@ process.
 
 What the server still does itself, over the scenario it builds from the config: the
 strategy's initialisation stage (FedGMI's topic model; its exchanges are counted by the
-strategy as in process, ``init_exchanges``, and its result goes to each node once, see
+strategy as in process, ``init_exchanges``, and its global part goes to each node once, see
 :mod:`fedgmi.flower.wire`) and evaluation (it needs the ground truth). The rounds' traffic is
 Flower's.
+
+A node's message holds its own clients' tasks and states and the strategy's
+:meth:`~fedgmi.federated.strategy.Strategy.node_state`, nothing of another node's clients
+(:meth:`FlowerRounds.node_content`). A client is served by the one node that claims it: a
+second node claiming it stops the run with a one-line :class:`~fedgmi.errors.ConfigError`
+(:func:`assign_clients`).
 
 At the end ``<run>/flower.json`` holds both byte counts (fedgmi's and Flower's serialised
 messages) in total and per round.
@@ -27,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import rich
@@ -40,6 +46,26 @@ from fedgmi.federated.messages import ContractError
 from fedgmi.federated.server import LoopState, TrainingDiverged, conclude_round, configure_tasks
 from fedgmi.flower import wire
 from fedgmi.flower.runtime import RunSettings
+
+
+def assign_clients(holder: Mapping[int, int], claims: Iterable[tuple[int, Iterable[int]]]) -> dict[int, int]:
+    """Client id -> node id after the nodes' answers: ``holder`` (what earlier answers
+    established) with each ``(node, client ids)`` claim added, in order.
+
+    A client is served by one node: a second node claiming it (a misconfigured node, or a key
+    registered by someone else, see docs/guide/flower.md) is refused, never silently chosen.
+
+    Raises:
+        ConfigError: a client claimed by two nodes (one line naming the client and both nodes).
+    """
+    out = dict(holder)
+    for node, client_ids in claims:
+        for cid in sorted(int(c) for c in client_ids):
+            if out.get(cid, node) != node:
+                raise ConfigError(f"client {cid} is claimed by Flower nodes {out[cid]} and {node}; a client is "
+                                  "served by one node: stop one of them or fix its --node-config client-ids")
+            out[cid] = node
+    return out
 
 
 class FlowerRounds:
@@ -77,12 +103,8 @@ class FlowerRounds:
             record = reply.content.config_records["node"]
             if record.get("error"):
                 raise ConfigError(f"node {node}: {record['error']}")
+            self.holder = assign_clients(self.holder, [(node, record["client-ids"])])
             self.queried.add(node)
-            for cid in record["client-ids"]:
-                if int(cid) in self.holder and self.holder[int(cid)] != node:
-                    self.log(f"fedgmi.flower: client {cid} is held by nodes {self.holder[int(cid)]} and {node}; "
-                             f"using node {node}")
-                self.holder[int(cid)] = node
 
     def refresh(self, timeout: float = 30.0) -> set[int]:
         """Forget nodes that left, ask new ones which clients they hold; returns the live nodes."""
@@ -117,6 +139,25 @@ class FlowerRounds:
             time.sleep(0.5)
 
     # ------------------------------------------------------------------ rounds
+    def node_content(self, strategy, node: int, node_tasks: list) -> RecordDict:
+        """The records of ``node``'s train message: its clients' tasks, the server's copy of a
+        client's state where the node may not hold it, and the strategy's
+        :meth:`~fedgmi.federated.strategy.Strategy.node_state` for the node's own clients where
+        it changed since the node last got it. Nothing of another node's clients."""
+        content = RecordDict()
+        for task in node_tasks:
+            known = (node, task.client_id) in self.state_sent
+            wire.add_task(content, task, None if known else strategy.client_state.get(task.client_id, {}))
+        own = sorted(cid for cid, held_by in self.holder.items() if held_by == node)
+        extra = strategy.node_state(own)
+        if extra:
+            blob = wire.strategy_blob(extra)
+            digest = hashlib.sha256(blob).hexdigest()
+            if self.strategy_sent.get(node) != digest:
+                wire.add_strategy(content, blob)
+                self.strategy_sent[node] = digest  # forgotten again if the node never replies
+        return content
+
     def __call__(self, strategy, scenario, federation, seed: int, rnd: int, train_ids: list[int],
                  state: LoopState, warn: Callable[[str], None], channel) -> dict[str, float]:
         """One round: the server's steps in process, the clients' on their nodes (same arguments
@@ -129,9 +170,6 @@ class FlowerRounds:
         """
         tasks, dropped = configure_tasks(strategy, federation, seed, rnd, train_ids, channel)
         self.refresh()
-        extra = {k: v for k, v in strategy.state_dict().items() if k not in ("global_state", "client_state")}
-        blob = wire.strategy_blob(extra) if extra else None
-        digest = hashlib.sha256(blob).hexdigest() if blob is not None else ""
         counts = dict.fromkeys(("flower_bytes_down", "flower_bytes_up", "flower_state_bytes_down",
                                 "flower_strategy_bytes_down"), 0)
         by_node: dict[int, list] = {}
@@ -145,13 +183,7 @@ class FlowerRounds:
             by_node.setdefault(node, []).append(task)
         messages: dict[int, Message] = {}
         for node, node_tasks in by_node.items():
-            content = RecordDict()
-            for task in node_tasks:
-                known = (node, task.client_id) in self.state_sent
-                wire.add_task(content, task, None if known else strategy.client_state.get(task.client_id, {}))
-            if blob is not None and self.strategy_sent.get(node) != digest:
-                wire.add_strategy(content, blob)
-                self.strategy_sent[node] = digest  # forgotten again if the node never replies
+            content = self.node_content(strategy, node, node_tasks)
             messages[node] = Message(content, dst_node_id=node, message_type="train", group_id=str(rnd))
             counts["flower_bytes_down"] += wire.message_bytes(messages[node])
             counts["flower_state_bytes_down"] += wire.payload_bytes(content, (wire.CLIENT_STATE,))

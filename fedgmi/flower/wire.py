@@ -11,10 +11,12 @@ Down, per :class:`~fedgmi.federated.messages.ClientTask`:
   task's scalar settings (``"setting.<name>"``);
 - ``"client-state"`` (only when the node may not hold it: first contact, after a resume or a
   node restart): ArrayRecord, the server's copy of the client's state (e.g. its (K,) pi);
-- ``"strategy"`` (only when it changed since the node last got it): ArrayRecord holding one
-  uint8 array, the strategy's state besides its global vectors and client states
-  (``torch.save`` bytes, read back with ``weights_only=True``), e.g. FedGMI's topic model,
-  the result of its initialisation stage that the warm-up rounds use on the client.
+- ``"strategy"`` (once per node, and again only when it changed): ArrayRecord holding one
+  uint8 array, :meth:`~fedgmi.federated.strategy.Strategy.node_state` of the node's own
+  clients (``torch.save`` bytes, read back with ``weights_only=True``), e.g. the global part
+  of FedGMI's topic model (centroids, beta) that the warm-up rounds use on the client. It
+  holds nothing of another node's clients (no proportions table, no server-side records of
+  other clients); strategies whose clients need nothing beyond their task send no such record.
 
 Up, per :class:`~fedgmi.federated.messages.ClientReply`:
 

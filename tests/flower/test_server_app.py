@@ -1,0 +1,72 @@
+"""The ServerApp's node bookkeeping, without a network: which node serves which client (a client
+claimed twice is refused) and what a node's train message holds (nothing of another node's
+clients)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("flwr", reason="Flower is not installed (pip install -e \".[flower]\")")
+
+from fedgmi.errors import ConfigError
+from fedgmi.flower import wire
+from fedgmi.flower.runtime import RunSettings, client_side, resolve_config
+from fedgmi.flower.server_app import FlowerRounds, assign_clients
+
+NODE_A, NODE_B = 1111, 2222
+
+
+def test_each_client_is_served_by_the_node_that_claims_it() -> None:
+    holder = assign_clients({}, [(NODE_A, [0, 1]), (NODE_B, ["2", 3])])
+    assert holder == {0: NODE_A, 1: NODE_A, 2: NODE_B, 3: NODE_B}
+    assert assign_clients(holder, [(NODE_A, [1, 0])]) == holder  # a node repeating its own claim
+
+
+@pytest.mark.parametrize("earlier", [{}, {0: NODE_A, 1: NODE_A}])
+def test_two_nodes_claiming_one_client_are_refused(earlier: dict[int, int]) -> None:
+    """Whether both claims come in one batch of replies or the second in a later round: a
+    refusal naming the client and both nodes, never a choice."""
+    claims = [(NODE_B, [1, 2])] if earlier else [(NODE_A, [0, 1]), (NODE_B, [1, 2])]
+    with pytest.raises(ConfigError, match=f"^client 1 is claimed by Flower nodes {NODE_A} and {NODE_B}; "):
+        assign_clients(earlier, claims)
+
+
+@pytest.fixture(scope="module")
+def fedgmi_after_init():
+    """A 4-client FedGMI on digits after its topic-model initialisation (as the server holds it)."""
+    side = client_side(resolve_config("configs/pm_digits.yaml"), ("--scenario.num_clients", "4"))
+    strategy = side.strategy
+    strategy.client_state = dict(strategy.initialize(side.scenario.clients).client_states)
+    return strategy
+
+
+def test_a_node_receives_nothing_of_another_nodes_clients(fedgmi_after_init) -> None:
+    """Node A (clients 0, 1) gets its clients' tasks and states and the topic model's global
+    part; none of clients 2 and 3's records, proportions or states, and no (C, K) table."""
+    strategy = fedgmi_after_init
+    rounds = FlowerRounds(None, RunSettings(resolve_config("configs/pm_digits.yaml")))
+    rounds.holder = assign_clients({}, [(NODE_A, [0, 1]), (NODE_B, [2, 3])])
+    tasks = strategy.configure_round(0, [0, 1, 2, 3])
+    content = rounds.node_content(strategy, NODE_A, [t for t in tasks if t.client_id in (0, 1)])
+    assert wire.task_ids(content) == [0, 1]
+    named = {key.split(".")[0] for key in [*content.array_records, *content.config_records] if "." in key}
+    assert named == {"0", "1"}
+    extra = wire.load_strategy_blob(wire.received_strategy(content))
+    assert set(extra) == {"topic", "density_weight"}
+    assert set(extra["topic"]) == {"centroids", "log_beta", "num_classes"}
+    k = strategy.spec.num_components
+    assert extra["topic"]["log_beta"].shape[0] == k and extra["topic"]["centroids"].shape[0] != 4
+    sent = [a.numpy() for record in content.array_records.values() for a in record.values()]
+    for cid in (2, 3):
+        foreign = strategy.client_state[cid]["pi"].cpu().numpy()
+        assert not any(arr.shape == foreign.shape and (arr == foreign).all() for arr in sent), cid
+    assert strategy.topic.proportions.shape == (4, k)  # the server's table, which stays there
+    server_topic = strategy.topic  # what a node installs scores samples as the server's topic model does
+    try:
+        strategy.load_node_state(extra)
+        x = torch.rand(5, server_topic.centroids.shape[1])
+        assert torch.equal(strategy.topic.log_likelihood_of(x), server_topic.log_likelihood_of(x))
+        assert strategy.topic.proportions.shape == (0, k)
+    finally:
+        strategy.topic = server_topic
