@@ -315,8 +315,12 @@ def make_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        settings = RunSettings.from_run_config({**dict(context.run_config), **(run_config or {})})
-        fit_on_grid(grid, settings)
+        try:
+            settings = RunSettings.from_run_config({**dict(context.run_config), **(run_config or {})})
+            fit_on_grid(grid, settings)
+        except ConfigError as err:  # one line first; Flower then fails the run (its log adds a traceback)
+            print(f"fedgmi: error: {err}", flush=True)
+            raise
 
     return server
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -141,6 +142,20 @@ def test_node_killed_mid_round(federation: Loopback, tmp_path: Path) -> None:
                    "--federation.rounds", "3")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["rounds"] == 3
+
+
+@pytest.mark.slow  # a SuperLink, two SuperNodes and a refused run: 40-100 s under load
+def test_client_claimed_by_two_nodes_stops_the_run(tmp_path: Path) -> None:
+    """Nodes holding clients 0-1 and 1-3: the ServerApp refuses client 1 with one line naming
+    both nodes, before round 0, and writes no metrics."""
+    with Loopback(tmp_path / "flower", ["0-1", "1-3"]) as fed:
+        proc = fed.run(f"overrides='{SMALL} --federation.rounds 1 --output_dir {tmp_path / 'run'}' node-timeout=60.0",
+                       timeout=200)
+        _wait(proc, 200, fed)
+        lines = [line for line in fed.log("flwr-run").splitlines() if line.startswith("fedgmi: error:")]
+    assert len(lines) == 1, fed.log("flwr-run")[-3000:]
+    assert re.fullmatch(r"fedgmi: error: client 1 is claimed by Flower nodes \d+ and \d+; .*", lines[0])
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 @pytest.mark.slow  # Ray's start-up alone takes tens of seconds
