@@ -70,3 +70,28 @@ def test_a_node_receives_nothing_of_another_nodes_clients(fedgmi_after_init) -> 
         assert strategy.topic.proportions.shape == (0, k)
     finally:
         strategy.topic = server_topic
+
+
+@pytest.mark.parametrize("config", ["pm_digits.yaml", "pm_mnist_fedsoft.yaml", "pm_mnist_fedgengmm.yaml",
+                                    "pm_mnist_fedvtc.yaml"])
+def test_node_state_is_all_a_node_needs(config: str, request) -> None:
+    """A node's fresh strategy given only ``node_state`` of its clients computes, for them, the
+    round-0 updates and states of the server's own strategy (FedGMI: the topic model's global
+    part; FedGenGMM: the mixture; FedSoft and FedVTC: nothing)."""
+    overrides = ("--scenario.num_clients", "4", "--algorithm.init_args.local_epochs", "1",
+                 "--fabric.accelerator", "cpu")
+    if "mnist" in config:
+        data = request.getfixturevalue("mnist_data_dir")
+        overrides += ("--scenario.data_dir", str(data), "--scenario.download", "false",
+                      "--scenario.samples_per_client", "[40, 50]")
+    build = client_side.__wrapped__  # uncached: a server and a node of their own
+    server = build(resolve_config(f"configs/{config}"), overrides)
+    strategy = server.strategy
+    strategy.client_state = dict(strategy.initialize(server.scenario.clients).client_states)
+    node = build(resolve_config(f"configs/{config}"), overrides).strategy
+    node.load_node_state(wire.load_strategy_blob(wire.strategy_blob(strategy.node_state([0, 1]))))
+    for task in strategy.configure_round(0, [0, 1]):
+        data, state = server.scenario.clients[task.client_id], strategy.client_state.get(task.client_id, {})
+        (a, state_a), (b, state_b) = (s.client_update(task, data, state) for s in (strategy, node))
+        assert all(torch.equal(u, v) for u, v in zip(a.updates, b.updates) if u is not None), task.client_id
+        assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
