@@ -38,6 +38,7 @@ import fedgmi
 import fedgmi.algorithms
 from fedgmi import tracking
 from fedgmi.algorithms.gmi import FedGMI
+from fedgmi.atomic import WriteFailed, write_atomic
 from fedgmi.config_checks import (
     check_config_files,
     check_optimizers,
@@ -72,15 +73,19 @@ from fedgmi.federated.server import (
 from fedgmi.federated.strategy import ProblemSpec, Strategy
 from fedgmi.outputs import (
     RunDirectory,
+    check_claimable,
     check_writable_dir,
     claim_run_dir,
     create_unique_dir,
     default_output_dir,
+    holds_run,
+    path_error,
     print_component_table,
     print_summary,
     timestamp,
 )
 from fedgmi.report import write_plots
+from fedgmi.run_folder import is_training_run, release
 from fedgmi.selection import SelectionConfig, check_selectable, print_selection, run_selection
 from fedgmi.tracking import LoggingConfig
 from fedgmi.validation import check_choice, check_int
@@ -324,12 +329,11 @@ def _check_output(subcommand: str, sub_cfg: Namespace) -> None:
         check_writable_dir("output_dir", path)
         resuming_here = subcommand == "fit" and ckpt_run is not None and path.exists() and \
             _same_path(path, ckpt_run)
-        if subcommand != "validate" and not resuming_here and not sub_cfg.get("overwrite") and _env_rank() == 0:
-            from fedgmi.outputs import holds_run
-            if holds_run(path) and subcommand == "select_k":
-                raise ConfigError(f"output_dir = {str(path)!r} already holds a run; give a new --output_dir")
-            if holds_run(path):
-                claim_run_dir("output_dir", path, overwrite=False)  # raises the one-line refusal
+        if subcommand == "validate" or _env_rank() != 0 or (subcommand == "test" and is_training_run(path)):
+            return
+        if subcommand == "select_k" and holds_run(path):
+            raise ConfigError(f"output_dir = {str(path)!r} already holds a run; give a new --output_dir")
+        check_claimable("output_dir", path, bool(sub_cfg.get("overwrite")), resume=resuming_here)
     elif subcommand == "test" and ckpt_run is not None:
         check_writable_dir("output_dir", ckpt_run)
     elif not (subcommand == "fit" and ckpt_run is not None):
@@ -353,23 +357,26 @@ def _run_path(subcommand: str, sub_cfg: Namespace, objs: Namespace) -> Path:
     create = _env_rank() == 0
     ckpt_run = _run_dir_of(sub_cfg.get("ckpt_path"))
     name = f"{objs.scenario.dataset}-{type(objs.algorithm).__name__.lower()}"
+    target = None
     if sub_cfg.output_dir:
         path = Path(sub_cfg.output_dir)
         if subcommand == "fit" and ckpt_run is not None and path.exists() and _same_path(path, ckpt_run):
-            return path
-        return claim_run_dir("output_dir", path, bool(sub_cfg.get("overwrite"))) if create else path
-    if subcommand == "fit" and ckpt_run is not None:
-        return ckpt_run
-    if subcommand == "test":
+            return claim_run_dir("output_dir", path, False, resume=True) if create else path
+        if not (subcommand == "test" and is_training_run(path)):  # test never writes a fit's own files
+            return claim_run_dir("output_dir", path, bool(sub_cfg.get("overwrite"))) if create else path
+        target = path / f"test-{timestamp()}"
+    elif subcommand == "fit" and ckpt_run is not None:
+        return claim_run_dir("output_dir", ckpt_run, False, resume=True) if create else ckpt_run
+    elif subcommand == "test":
         target = (ckpt_run / f"test-{timestamp()}") if ckpt_run is not None else default_output_dir(name + "-test")
-    else:
-        target = default_output_dir(name)
+    target = target or default_output_dir(name)
     if not create:
         return target
     try:
-        return create_unique_dir(target)
+        created = create_unique_dir(target)
     except OSError as err:
-        raise ConfigError(f"output_dir = {str(target)!r} cannot be created ({err.strerror or err})") from None
+        raise ConfigError(path_error("output_dir", target, err)) from None
+    return claim_run_dir("output_dir", created, False, nested=subcommand == "test")
 
 
 def prepare(parser: ArgumentParser, cfg: Namespace, checked: tuple | None = None) -> Prepared:
@@ -502,6 +509,10 @@ def fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
     except TrainingDiverged as err:
         p.run.write_metrics_json({**last["row"], "status": "diverged", "error": str(err)})
         raise Stopped(f"training diverged at {err}; outputs so far are in {p.run.path}", 1) from None
+    except WriteFailed as err:
+        then = f"make room, then resume with: {resume}" if p.run.checkpoint_path.is_file() else \
+            f"no checkpoint was written yet: make room, then start again with --output_dir {p.run.path} --overwrite"
+        raise Stopped(f"error: {err}; {then}", 2) from None
     if result is None:
         raise ConfigError(f"nothing to do: the checkpoint is already at federation.rounds = {fed.rounds}")
     if not p.fabric.is_global_zero:
@@ -554,7 +565,7 @@ def select_k(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
             fit_cfg = k_cfg.clone()  # what `fedgmi fit` runs (on the full training parts), into a new folder
             del fit_cfg["selection"]
             fit_cfg.update(Namespace(SAVED_CONFIG_RESET))
-            (folder / "config.yaml").write_text(fit_parser.dump(fit_cfg))
+            write_atomic(folder / "config.yaml", fit_parser.dump(fit_cfg))
         return objs.algorithm, objs.channel
 
     try:
@@ -643,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fedgmi: error: {summarize_parser_error(str(err), ALGORITHMS)}", file=sys.stderr)
         return 2
+    finally:
+        release()  # this process's run folders: unlocked (the process may go on, e.g. in tests)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from fedgmi.atomic import replacing
+
 FIGSIZE: tuple[float, float] = (6, 5)
 DPI: int = 100
 
@@ -35,11 +37,14 @@ def _new_figure() -> Figure:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Save ``fig`` as a PNG of exactly ``FIGSIZE * DPI`` pixels, release it, return the path."""
+    """Save ``fig`` as a PNG of exactly ``FIGSIZE * DPI`` pixels (through a temporary file and
+    a rename), release it, return the path."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, format="png")
-    fig.clear()
+    try:
+        with replacing(out) as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")
+    finally:
+        fig.clear()
     return out
 
 

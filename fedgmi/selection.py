@@ -54,6 +54,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import inspect
+import io
 import json
 import math
 import time
@@ -68,6 +69,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedgmi.atomic import write_atomic
 from fedgmi.errors import ConfigError
 from fedgmi.federated.channel import Channel
 from fedgmi.federated.evaluation import EvalConfig
@@ -476,19 +478,20 @@ CSV_FIELDS = ("k", "nll", "se", "bits_per_dim", "wall_s", "bytes_up", "bytes_dow
 def _write_k(folder: Path, result: KResult, scores: dict[int, ClientScore]) -> None:
     """A K folder's metrics.json (its row) and held_out.csv (client, count, sum and mean of
     nats, cross-entropy sum, correct)."""
-    (folder / "metrics.json").write_text(json.dumps(result.row(), indent=2))
-    with (folder / "held_out.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["client", "count", "nats_sum", "nll", "cross_entropy_sum", "correct"])
-        for cid, v in scores.items():
-            writer.writerow([cid, v.count, f"{v.nats:.6f}", f"{v.nats / v.count:.6f}", f"{v.cross_entropy:.6f}",
-                             v.correct])
+    write_atomic(folder / "metrics.json", json.dumps(result.row(), indent=2))
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(["client", "count", "nats_sum", "nll", "cross_entropy_sum", "correct"])
+    for cid, v in scores.items():
+        writer.writerow([cid, v.count, f"{v.nats:.6f}", f"{v.nats / v.count:.6f}", f"{v.cross_entropy:.6f}",
+                         v.correct])
+    write_atomic(folder / "held_out.csv", f.getvalue())
 
 
 def write_selection(run_dir: Path, found: Selection) -> dict[str, Path]:
     """selection.json, selection.csv and selection.png in ``run_dir``; returns their paths."""
     paths = {name: run_dir / f"selection.{name}" for name in ("json", "csv", "png")}
-    paths["json"].write_text(json.dumps(found.to_json(), indent=2))
+    write_atomic(paths["json"], json.dumps(found.to_json(), indent=2))
     write_curve_csv(paths["csv"], found.results)
     plot_selection(found, paths["png"])
     return paths
@@ -496,10 +499,11 @@ def write_selection(run_dir: Path, found: Selection) -> dict[str, Path]:
 
 def write_curve_csv(path: Path, results: Sequence[KResult]) -> None:
     """selection.csv: one row per K (:data:`CSV_FIELDS`)."""
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(r.row() for r in results)
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(r.row() for r in results)
+    write_atomic(path, f.getvalue())
 
 
 def plot_selection(found: Selection, path: Path) -> Path:
