@@ -88,7 +88,7 @@ from fedgmi.report import write_plots
 from fedgmi.run_folder import is_training_run, release
 from fedgmi.selection import SelectionConfig, check_selectable, print_selection, run_selection
 from fedgmi.tracking import LoggingConfig
-from fedgmi.validation import check_choice, check_int
+from fedgmi.validation import MAX_SEED, check_choice, check_int
 
 ALGORITHMS = ("FedGMI", "FedAvg", "Local", "IFCA", "FedSoft", "FedEM", "FedGMM", "FedGenGMM", "Oracle", "PFedGM",
               "FedVTC")
@@ -159,6 +159,9 @@ class FabricConfig:
         if wanted not in ("auto", *present):
             raise ConfigError(f"fabric.accelerator = {self.accelerator!r} is not available on this machine; "
                               f"choose one of: auto, {', '.join(present)}")
+        if self.precision == "16-mixed" and (wanted == "cpu" or (wanted == "auto" and present == ["cpu"])):
+            raise ConfigError("fabric.precision = '16-mixed' needs a GPU (float16 AMP does not run on CPU); "
+                              "on CPU choose 32-true or bf16-mixed")
         if wanted == "cuda" and self.devices > CUDAAccelerator.auto_device_count():
             raise ConfigError(f"fabric.devices = {self.devices} but this machine has "
                               f"{CUDAAccelerator.auto_device_count()} CUDA device(s)")
@@ -197,7 +200,7 @@ def _run_parser(description: str, ckpt_help: str | None, overwrite: bool = False
     ``ckpt_help`` is given, ``--overwrite`` when asked."""
     parser = ArgumentParser(description=description, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the run (training and evaluation), >= 0")
+    parser.add_argument("--seed", type=int, default=0, help=f"seed of the run (training and evaluation), 0..{MAX_SEED}")
     parser.add_argument("--output_dir", type=str | None, default=None,
                         help="run directory (default runs/<dataset>-<algorithm>-<time>, unique; when resuming, "
                              "the checkpoint's run directory; for test, a new test-<time> folder in it)")
@@ -268,7 +271,7 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, obje
     Writes nothing."""
     sub_parser = parser._subcommands_action._name_parser_map[cfg.subcommand]
     sub_cfg = cfg[cfg.subcommand]
-    check_int("seed", sub_cfg.seed, 0)
+    check_int("seed", sub_cfg.seed, 0, MAX_SEED)
     check_optimizers(sub_cfg)  # before the algorithm builds them: the message names the full key
     try:
         objs = sub_parser.instantiate(sub_cfg)

@@ -15,6 +15,7 @@ appends after them (Fabric's own CSV writer deletes an existing file); W&B rows 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import netrc
 import os
@@ -54,6 +55,19 @@ class LoggingConfig:
     def __post_init__(self) -> None:
         if self.wandb_mode is not None and self.wandb_mode not in WANDB_MODES:
             raise ConfigError(f"logging.wandb_mode = {self.wandb_mode!r}; choose one of: {', '.join(WANDB_MODES)}")
+        for key, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+            if getattr(self, key) is True and not (_installed(package) or key == "tensorboard" and
+                                                   _installed("tensorboardX")):
+                raise ConfigError(f"logging.{key} = true needs the package {package!r}, which is not installed: "
+                                  f"pip install {package} (or set logging.{key} false)")
+
+
+def _installed(package: str) -> bool:
+    """Whether ``package`` can be imported (looked up, not imported)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def metric_key(key: str) -> str:
@@ -160,14 +174,19 @@ def build_loggers(config: LoggingConfig, run_dir: Path, run_name: str,
             from lightning.fabric.loggers import TensorBoardLogger
             loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
             record(Path(run_dir) / "tensorboard", "tree")
-        except ModuleNotFoundError as err:
-            raise ConfigError(f"logging.tensorboard = true needs {err.name!r}: pip install tensorboard") from None
+        except ModuleNotFoundError:
+            raise ConfigError("logging.tensorboard = true needs the package 'tensorboard', which is not installed: "
+                              "pip install tensorboard (or set logging.tensorboard false)") from None
     if config.wandb:
         mode, note = wandb_mode(config)
         if note:
             notes.append(note)
         if mode != "disabled":
-            from wandb.integration.lightning.fabric import WandbLogger
+            try:
+                from wandb.integration.lightning.fabric import WandbLogger
+            except ModuleNotFoundError:
+                raise ConfigError("logging.wandb = true needs the package 'wandb', which is not installed: "
+                                  "pip install wandb (or set logging.wandb false)") from None
             resume = {"id": wandb_id, "resume": "allow"} if wandb_id else {}
             loggers.append(WandbLogger(project=config.wandb_project, name=run_name, save_dir=str(run_dir),
                                        offline=mode == "offline", mode=mode, **resume))

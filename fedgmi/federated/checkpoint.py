@@ -77,8 +77,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ConfigError: a missing, truncated or foreign file (one line saying which).
     """
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoints" / "last.ckpt"
+        hint = f", e.g. {str(inside)!r}" if inside.is_file() else " (a .ckpt file written by fedgmi fit)"
+        raise ConfigError(f"ckpt_path = {str(path)!r} is a folder; give a checkpoint file{hint}")
     if not path.is_file():
-        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+        raise ConfigError(f"ckpt_path = {str(path)!r}: the checkpoint does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:  # truncated/foreign
