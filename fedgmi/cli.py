@@ -283,6 +283,9 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, obje
     if checkpoint and checkpoint["loop"]["next_round"] > objs.federation.rounds:
         raise ConfigError(f"checkpoint {sub_cfg.ckpt_path!r} is at round {checkpoint['loop']['next_round']}, "
                           f"past federation.rounds = {objs.federation.rounds}")
+    if checkpoint and cfg.subcommand == "fit" and checkpoint["loop"]["next_round"] == objs.federation.rounds:
+        raise ConfigError(f"nothing to do: checkpoint {sub_cfg.ckpt_path!r} is at federation.rounds = "
+                          f"{objs.federation.rounds} already (raise federation.rounds to train on)")
     if objs.scenario.seed is None:  # scenario.seed: null follows the run's seed
         objs.scenario.seed = sub_cfg.seed
         sub_cfg.scenario.seed = sub_cfg.seed
