@@ -219,6 +219,8 @@ def invocations(draw, box: Sandbox, train: bool = True) -> tuple[list[str], dict
     """(argv, how to run it): one drawn invocation of the CLI."""
     i = draw(st.integers(0, 10**9))
     command = draw(st.sampled_from(["fit", "validate", "validate", "test", "select_k"]))
+    if draw(st.integers(0, 5)) == 0:  # a sane invocation, which runs (a fit, a test, a selection)
+        return sane_invocation(draw, box, command, i, train)
     argv = [command]
     config = draw(st.sampled_from(CONFIGS))
     argv += ["--config", str(box.paths[config])]
@@ -236,13 +238,27 @@ def invocations(draw, box: Sandbox, train: bool = True) -> tuple[list[str], dict
         argv += ["--output_dir", output]
     if command != "select_k" and draw(st.booleans()):
         argv.append("--overwrite")
-    trains = command in ("fit", "test", "select_k") and config == "good" and not overrides
     if command == "fit" and output == str(box.paths["run"]) and "--overwrite" in argv:
         argv.remove("--overwrite")  # replacing the protected run would be a change asked for
-    how = {"file_limit": 100_000 if trains and draw(st.integers(0, 3)) == 0 else None}
-    if not train and trains:  # the quick suite: no training, the same checks of the inputs
-        argv[0] = "validate"
-    return argv, how
+    return argv, {"file_limit": None}
+
+
+def sane_invocation(draw, box: Sandbox, command: str, i: int, train: bool) -> tuple[list[str], dict]:
+    """The good config into a new folder, the user's folder or the default one (``test``: of
+    the finished run's checkpoint, also into the run with ``--overwrite``); a fit under a
+    file-size limit of 100 kB (a full disk) one time in three. ``train`` False: ``validate``."""
+    argv = [command if train else "validate", "--config", str(box.paths["good"])]
+    if command == "select_k":
+        argv += ["--selection.k_max", "2"]
+    output = box.output(draw(st.sampled_from(["new", "new", "user", None] + (["run"] if command == "test" else []))), i)
+    if command == "test":
+        argv += ["--ckpt_path", str(box.paths["last"])]
+    if output is not None:
+        argv += ["--output_dir", output]
+    if command != "select_k" and draw(st.booleans()) and (command == "test" or output != str(box.paths["run"])):
+        argv.append("--overwrite")
+    full = train and command == "fit" and draw(st.integers(0, 2)) == 0
+    return argv, {"file_limit": 100_000 if full else None}
 
 
 def _text(value) -> str:
@@ -263,7 +279,7 @@ class Tally:
     by_outcome: Counter = field(default_factory=Counter)
     failures: list[dict] = field(default_factory=list)
 
-    def add(self, argv: list[str], code, stderr: str, changed: list[str]) -> bool:
+    def add(self, argv: list[str], code, stderr: str, changed: list[str], how: str = "") -> bool:
         lines = [ln for ln in stderr.splitlines() if ln.strip()]
         problems = {"traceback": code == "Traceback" or "Traceback" in stderr, "bad_exit": code not in (0, 2),
                     "long_stderr": len(lines) > 2, "files_changed": bool(changed)}
@@ -272,7 +288,7 @@ class Tally:
         self.bad_exit += problems["bad_exit"]
         self.long_stderr += problems["long_stderr"]
         self.files_changed += problems["files_changed"]
-        self.by_outcome[f"{argv[0]} -> {code}"] += 1
+        self.by_outcome[f"{argv[0]}{how} -> {code}"] += 1
         if any(problems.values()) and len(self.failures) < 10:
             self.failures.append({"argv": argv, "exit": code, "stderr": stderr[-2000:], "changed": changed[:5]})
         return not any(problems.values())
@@ -299,7 +315,8 @@ def run_fuzz(n: int, box: Sandbox, seed: int = 0, processes: int = 0, train: boo
         code, stderr = invoke_process(argv, box.root) if through_process else \
             invoke(argv, box.root, how["file_limit"])
         changed = box.changed()
-        tally.add(argv, code, stderr, changed)
+        tally.add(argv, code, stderr, changed,
+                  " [python -m fedgmi]" if through_process else " [ulimit -f 100 kB]" if how["file_limit"] else "")
         if changed:  # report each change once
             box.protected = box.snapshot()
 
