@@ -97,6 +97,8 @@ ALGORITHMS = ("FedGMI", "FedAvg", "Local", "IFCA", "FedSoft", "FedEM", "FedGMM",
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 MAX_DEFAULT_THREADS = 4
+MAX_PROCESSES = 65_536
+"""The most devices, nodes or threads a config may ask for (torch's counts are C ints)."""
 """Torch threads per process when neither ``fabric.threads`` nor ``OMP_NUM_THREADS`` says: the
 models here are small, and more threads than that mostly spin (and starve parallel runs)."""
 
@@ -134,10 +136,10 @@ class FabricConfig:
     def __post_init__(self) -> None:
         check_choice("fabric.accelerator", self.accelerator, ACCELERATORS)
         check_choice("fabric.precision", self.precision, PRECISIONS)
-        check_int("fabric.devices", self.devices, 1)
-        check_int("fabric.num_nodes", self.num_nodes, 1)
+        check_int("fabric.devices", self.devices, 1, MAX_PROCESSES)
+        check_int("fabric.num_nodes", self.num_nodes, 1, MAX_PROCESSES)
         if self.threads is not None:
-            check_int("fabric.threads", self.threads, 1)
+            check_int("fabric.threads", self.threads, 1, MAX_PROCESSES)
 
     def num_threads(self) -> int:
         """The torch threads this process uses (see ``threads``)."""
