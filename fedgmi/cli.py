@@ -438,7 +438,8 @@ def finish(p: Prepared, row: dict, result, wall_time_s: float, console: Console)
              "component_accuracy_matched": result.component_accuracy_matched,
              "client_model_accuracy": dict(zip(names, result.client_model_accuracy))}
     p.run.write_metrics_json(final)
-    tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.seed))
+    tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.seed,
+                                          rounds=p.objs.federation.rounds))
     print_summary(final, p.run.path, console, algorithm=type(p.strategy).__name__)
     print_component_table(result, names, console)
     return final

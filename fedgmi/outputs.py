@@ -310,16 +310,24 @@ def format_metric(key: str, value: float) -> str:
 
 def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | None = None,
                   algorithm: str | None = None) -> None:
-    """A table of the final scalar metrics (titled with the algorithm's name), then where the
+    """A table of the final scalar metrics (titled with the algorithm's name), one line naming
+    those that do not apply (NaN, e.g. the mixture metrics of FedAvg: "n/a ..."), then where the
     outputs are."""
     table = Table(title=f"fedgmi: final metrics of {algorithm}" if algorithm else "fedgmi: final metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    missing = []
     for key, value in metrics.items():
         if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
-            table.add_row(key, format_metric(key, value.item() if isinstance(value, np.generic) else value))
+            value = value.item() if isinstance(value, np.generic) else value
+            if isinstance(value, float) and math.isnan(value):
+                missing.append(key)
+                continue
+            table.add_row(key, format_metric(key, value))
     console = console or Console()
     console.print(table)
+    if missing:  # e.g. the mixture metrics of an algorithm without a mixture: said once
+        console.print(f"n/a{f' for {algorithm}' if algorithm else ''}: {', '.join(missing)}")
     console.print(f"outputs: {run_dir}")
 
 
