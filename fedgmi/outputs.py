@@ -331,10 +331,15 @@ def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | Non
     console.print(f"outputs: {run_dir}")
 
 
+def _cell(value: float) -> str:
+    """A table cell: 3 decimals, "-" where there is nothing (NaN: no such component)."""
+    return "-" if math.isnan(float(value)) else f"{value:.3f}"
+
+
 def print_component_table(result, names: list[str], console: Console | None = None) -> None:
     """The FedGMI paper's component-by-distribution table (matched): rows are the inherent
     distributions p0..pK-1, columns the components (c0..cK-1 matched; ``c{j}>p{t}`` under a
-    many-to-one map) and the client model."""
+    many-to-one map) and the client model; "-" where a component does not exist (FedAvg)."""
     table = Table(title="accuracy of each component's classifier on each inherent distribution (matched)")
     table.add_column("distribution")
     for column in matched_column_names(result.mapping):
@@ -342,6 +347,5 @@ def print_component_table(result, names: list[str], console: Console | None = No
     table.add_column("client model", justify="right")
     matched = result.component_accuracy_matched
     for t in range(len(names)):
-        table.add_row(f"p{t} ({names[t]})", *[f"{v:.3f}" for v in matched[t]],
-                      f"{result.client_model_accuracy[t]:.3f}")
+        table.add_row(f"p{t} ({names[t]})", *[_cell(v) for v in matched[t]], _cell(result.client_model_accuracy[t]))
     (console or Console()).print(table)

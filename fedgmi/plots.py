@@ -282,7 +282,7 @@ def plot_component_accuracy(
     for t in range(k):
         for j in range(table.shape[1]):
             value = table[t, j]
-            text = "nan" if not np.isfinite(value) else f"{value:.2f}"
+            text = "-" if not np.isfinite(value) else f"{value:.2f}"  # no such component
             colour = "black" if np.isfinite(value) and value > 0.6 else "white"
             ax.text(j, t, text, ha="center", va="center", color=colour, fontsize="small")
     ax.set_xticks(range(table.shape[1]))
