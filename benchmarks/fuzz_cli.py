@@ -70,6 +70,8 @@ KEYS = {  # dotted key -> values near and beyond what is allowed
     "logging.wandb_mode": st.sampled_from(["offline", "disabled", "sometimes"]),
     "selection.k_max": NUMBERS, "no_such_key": NUMBERS, "federation.no_such_key": NUMBERS,
 }
+USER_FILES = {"logs/my_experiment.log": "mine", "plots/my_figure.png": "my figure", "notes.txt": "notes"}
+"""The user's own files in the folder ``user/`` (fedgmi runs there too: they must survive)."""
 CONFIGS = ["good", "good", "good", "good", "empty", "list", "invalid", "null", "binary", "missing", "scalar"]
 CKPTS = ["last", "truncated", "junk", "folder", "missing", None, None]
 OUTPUTS = ["new", "new", "user", "run", "nested", "locked", "long", "under_file", "proc", None]
@@ -112,8 +114,7 @@ class Sandbox:
         box.paths["truncated"].write_bytes(last.read_bytes()[:5000])
         box.paths["junk"].write_bytes(b"not a checkpoint\n" * 100)
         box.paths["user"] = root / "user"
-        for name, text in (("logs/my_experiment.log", "mine"), ("plots/my_figure.png", "my figure"),
-                           ("notes.txt", "notes")):
+        for name, text in USER_FILES.items():
             (box.paths["user"] / name).parent.mkdir(parents=True, exist_ok=True)
             (box.paths["user"] / name).write_text(text)
         box.paths["locked"] = root / "locked"
@@ -135,7 +136,8 @@ class Sandbox:
     def snapshot(self) -> dict[str, tuple[int, int]]:
         """(size, mtime) of every file that no invocation may change: the repository (no
         .git/.venv/caches), the sandbox's files but the invocations' own outputs, fedgmi's
-        metadata (.fedgmi/) and the test-* folders that ``fedgmi test`` adds to the run."""
+        metadata (.fedgmi/), the test-* folders that ``fedgmi test`` adds to the run and the
+        runs' outputs in the user's folder (the user's own files there are protected)."""
         found = {}
         for top in (ROOT, self.root):
             for folder, dirs, files in os.walk(top):
@@ -143,13 +145,17 @@ class Sandbox:
                 dirs[:] = [d for d in dirs if not _owned(top == ROOT, rel / d)]
                 for name in files:
                     p = Path(folder) / name
+                    if top == self.root and rel.parts[:1] == ("user",) and \
+                            str(p.relative_to(self.root / "user")) not in USER_FILES:
+                        continue  # a run's outputs beside the user's files: fedgmi's to replace
                     with contextlib.suppress(OSError):
                         st_ = p.lstat()
                         found[str(p)] = (st_.st_size, st_.st_mtime_ns)
         return found
 
     def changed(self) -> list[str]:
-        """Protected files changed or gone, and files that appeared where nothing may be written."""
+        """Protected files changed or gone, and files that appeared where nothing may be written
+        (anywhere but out/, runs/, the run's test-* folders, .fedgmi/ and the user's folder)."""
         now = self.snapshot()
         gone = [p for p, v in self.protected.items() if now.get(p) != v]
         new = [p for p in now if p not in self.protected and not _may_appear(Path(p), self)]
