@@ -138,12 +138,11 @@ def claim_run_dir(key: str, path: Path, overwrite: bool, resume: bool = False, n
         path.mkdir(parents=True, exist_ok=True)
         fd = run_folder.lock(path)
     except run_folder.FolderInUse as err:
-        raise ConfigError(f"{key} = {str(path)!r} is in use by another fedgmi run (process {err.pid or '?'}); "
-                          "wait for it to end or give another --output_dir") from None
+        raise ConfigError(_in_use(key, path, err.pid)) from None
     except OSError as err:
         raise ConfigError(path_error(key, path, err)) from None
     try:
-        check_claimable(key, path, overwrite, resume, nested)  # again, under the lock: nobody changes it now
+        check_claimable(key, path, overwrite, resume, nested, locked=True)  # again, under the lock
         if overwrite and not resume and holds_run(path):
             run_folder.remove_recorded(path)
         run_folder.start(path, fd, keep=resume)
@@ -156,10 +155,14 @@ def claim_run_dir(key: str, path: Path, overwrite: bool, resume: bool = False, n
     return path
 
 
-def check_claimable(key: str, path: Path, overwrite: bool, resume: bool = False, nested: bool = False) -> None:
-    """The read-only part of :func:`claim_run_dir` (no lock, nothing written): raise its
-    one-line refusals."""
+def check_claimable(key: str, path: Path, overwrite: bool, resume: bool = False, nested: bool = False,
+                    locked: bool = False) -> None:
+    """The read-only part of :func:`claim_run_dir` (no lock taken, nothing written): raise its
+    one-line refusals. ``locked``: this process holds the folder's lock (do not probe it)."""
     check_writable_dir(key, path)
+    pid = None if locked else run_folder.holder(path)
+    if pid is not None:
+        raise ConfigError(_in_use(key, path, pid))
     outer = None if nested else run_folder.enclosing_run(path)
     if outer is not None:
         raise ConfigError(f"{key} = {str(path)!r} lies inside the run folder {str(outer)!r}; "
@@ -178,6 +181,11 @@ def check_claimable(key: str, path: Path, overwrite: bool, resume: bool = False,
         raise ConfigError(f"{key} = {str(path)!r} holds files a run would replace ({', '.join(found[:4])}) that "
                           "fedgmi has no record of writing (they stay, even with --overwrite); move them or give "
                           "a new --output_dir")
+
+
+def _in_use(key: str, path: Path, pid: str) -> str:
+    return (f"{key} = {str(path)!r} is in use by another fedgmi run (process {pid or '?'}); "
+            "wait for it to end or give another --output_dir")
 
 
 def path_error(key: str, path: Path, err: OSError) -> str:

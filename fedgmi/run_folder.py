@@ -101,6 +101,22 @@ def lock(root: Path) -> int:
     return fd
 
 
+def holder(root: Path) -> str | None:
+    """The process id holding ``root``'s lock (``"?"`` if it wrote none), or ``None`` when no
+    process holds it. Creates nothing. (A lock this process holds counts as held.)"""
+    try:
+        fd = os.open(Path(root) / META / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)  # and with it the shared lock just taken
+    return None
+
+
 def start(root: Path, fd: int, keep: bool) -> Claim:
     """Register the locked ``root`` as this process's: a fresh manifest, or (``keep``: a
     resumed run) the existing one, continued."""

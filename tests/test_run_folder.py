@@ -127,3 +127,16 @@ def test_a_manifest_never_reaches_outside_its_folder(tmp_path):
 def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="too long for the file system"):
         claim_run_dir("output_dir", tmp_path / ("x" * 300), overwrite=False)
+
+
+def test_the_check_before_any_work_names_the_process_that_holds_the_folder(tmp_path):
+    from fedgmi.outputs import check_claimable
+
+    claim_run_dir("output_dir", tmp_path / "run", overwrite=False)
+    write_atomic(tmp_path / "run" / "config.yaml", "a running run's")
+    with pytest.raises(ConfigError, match=f"in use by another fedgmi run \\(process {os.getpid()}\\)"):
+        check_claimable("output_dir", tmp_path / "run", overwrite=False)
+    run_folder.release()
+    assert run_folder.holder(tmp_path / "run") is None
+    with pytest.raises(ConfigError, match="already holds a run"):
+        check_claimable("output_dir", tmp_path / "run", overwrite=False)
