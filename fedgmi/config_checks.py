@@ -38,7 +38,8 @@ def _subclass_specs(cfg, prefix: str = ""):
             yield from _subclass_specs(value, f"{prefix}.{key}" if prefix else key)
 
 
-def _import(class_path: str):
+def import_class(class_path: str):
+    """The object ``class_path`` ("package.module.Name") names, or None when it cannot be imported."""
     module, _, name = class_path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
@@ -55,7 +56,7 @@ def check_optimizers(sub_cfg: Namespace) -> None:
     hyperparameters finite, and the optimizer constructible (torch's own range checks, e.g.
     lr >= 0), tried on one dummy parameter. Raises ConfigError naming the full key."""
     for key, class_path, init_args in _subclass_specs(sub_cfg):
-        cls = _import(class_path)
+        cls = import_class(class_path)
         if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
             continue
         args = dict(vars(init_args))
@@ -79,7 +80,7 @@ def warn_unread_fields(sub_cfg: Namespace) -> None:
     """A component VAE's own ``lr`` serves only its standalone ``configure_optimizers``: in a
     federated run local training uses the algorithm's ``optimizer``. Say so when it was set."""
     for key, class_path, init_args in _subclass_specs(sub_cfg):
-        cls = _import(class_path)
+        cls = import_class(class_path)
         if not key.endswith(".component") or "lr" not in init_args or cls is None:
             continue
         default = inspect.signature(cls).parameters.get("lr")
@@ -118,7 +119,7 @@ def qualify(message: str, sub_cfg: Namespace, owner: object | None, sections: di
             if isinstance(owner, cls):
                 return qualify(message, sub_cfg, None, sections, key)
         for key, class_path, init_args in _subclass_specs(sub_cfg):
-            cls = _import(class_path)
+            cls = import_class(class_path)
             if cls is not None and type(owner) is cls:
                 prefix, names = f"{key}.init_args", list(vars(init_args))
                 break
@@ -161,7 +162,7 @@ def check_config_files(argv: list[str]) -> None:
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else (
             arg.split("=", 1)[1] if arg.startswith("--config=") else None)
-        if path is None or not Path(path).is_file():
+        if path is None or "\n" in path or not Path(path).is_file():  # "\n": a config's text, not a path
             continue
         try:
             content = yaml.safe_load(Path(path).read_text())
@@ -273,3 +274,66 @@ def one_line(message: str) -> str:
     """The message's non-empty lines joined into one, at most 500 characters."""
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     return " ".join(lines)[:500]
+
+
+def _config_sources(args: list[str]) -> list[dict]:
+    """The mappings the ``--config`` arguments give (a path's content, or the text itself)."""
+    found = []
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg == "--config" and i + 1 < len(args) else (
+            arg.split("=", 1)[1] if arg.startswith("--config=") else None)
+        if value is None:
+            continue
+        try:
+            content = yaml.safe_load(Path(value).read_text() if "\n" not in value and Path(value).is_file() else value)
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            continue
+        if isinstance(content, dict):
+            found.append(content)
+    return found
+
+
+def _algorithm_switch(args: list[str]) -> str | None:
+    """The class an ``--algorithm`` / ``--algorithm.class_path`` flag switches to (the last one)."""
+    switch = None
+    for i, arg in enumerate(args):
+        if arg in ("--algorithm", "--algorithm.class_path") and i + 1 < len(args):
+            switch = args[i + 1]
+        elif arg.startswith(("--algorithm=", "--algorithm.class_path=")):
+            switch = arg.split("=", 1)[1]
+    if switch is not None and switch.lstrip().startswith("{"):
+        switch = (yaml.safe_load(switch) or {}).get("class_path")
+    return switch if isinstance(switch, str) else None
+
+
+def dropped_algorithm_options(args: list[str], final_init_args: Namespace | None) -> str | None:
+    """One line naming each ``algorithm.init_args`` option the config files set that an
+    ``--algorithm`` switch to another class drops (the new class does not take it), or None."""
+    switch = _algorithm_switch(args)
+    if switch is None:
+        return None
+    given_class: str | None = None
+    given: dict[str, object] = {}
+    for content in _config_sources(args):
+        section = content.get("algorithm")
+        if not isinstance(section, dict):
+            continue
+        if isinstance(section.get("class_path"), str) and section["class_path"] != given_class:
+            given_class, given = section["class_path"], {}
+        given.update(section.get("init_args") or {})
+    if given_class is None or given_class.rpartition(".")[2] == switch.rpartition(".")[2]:
+        return None
+    kept = set(vars(final_init_args)) if isinstance(final_init_args, Namespace) else set()
+    dropped = [f"algorithm.init_args.{k} = {_short(v)}" for k, v in given.items() if k not in kept]
+    if not dropped:
+        return None
+    carried = [k for k in given if k in kept]
+    return (f"--algorithm {switch} drops what the config set for {given_class.rpartition('.')[2]} and "
+            f"{switch.rpartition('.')[2]} does not take: {', '.join(dropped)}"
+            + (f" (kept: {', '.join(carried)})" if carried else ""))
+
+
+def _short(value: object, width: int = 40) -> str:
+    """``repr(value)``, cut to ``width`` characters."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."

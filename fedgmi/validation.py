@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TypeGuard
 
 from fedgmi.errors import ConfigError
 
@@ -12,12 +13,12 @@ MAX_SEED = 2**32 - 1
 """The largest seed (numpy's and Lightning's seeds are 32-bit)."""
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     """An integer that is not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def is_real(value: object) -> bool:
+def is_real(value: object) -> TypeGuard[float]:
     """A real number that is not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 

@@ -134,7 +134,7 @@ class ClassifierMixture(ParameterVectorStrategy):
         heads = initial_vectors(self.build_model, self.num_models, seed)
         self.head_size = heads[0].numel()
         self.worker = ClientWorker(fabric, self.build_model(), self.training)
-        self._global = [torch.cat([h, self.initial_density(k)]).to(fabric.device) for k, h in enumerate(heads)]
+        self.global_state = [torch.cat([h, self.initial_density(k)]).to(fabric.device) for k, h in enumerate(heads)]
 
     def aggregate(self, round_idx: int, replies: Sequence[ClientReply]) -> dict[str, float]:
         """Per-component weighted averaging of the deltas (FedGMI step 5 / FedAvg)."""
@@ -149,7 +149,7 @@ class ClassifierMixture(ParameterVectorStrategy):
                           chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, K) :meth:`log_density` and (N, K, Y) log p_k(y | x) of the components of
         ``state`` (default: global) on (N, D) ``x``; ``estimator``, ``num_samples`` unused."""
-        state = self._global if state is None else state
+        state = self.global_state if state is None else state
         x = x.to(self.fabric.device)
         class_lp = self.worker.outputs([theta[:self.head_size] for theta in state], x,
                                        lambda model, xb: F.log_softmax(model(xb).float(), -1), chunk)

@@ -100,7 +100,7 @@ class FedGMM(GaussianFeatures, FedEM):
         cov = moments_to_gaussian(mean, second, self.covariance_reg)
         gen = torch.Generator().manual_seed(self.seed)
         chol = torch.linalg.cholesky(cov.double()).float()
-        for k, theta in enumerate(self._global):
+        for k, theta in enumerate(self.global_state):
             mu = mean + chol @ torch.randn(d, generator=gen).to(device)
             theta[self.head_size:] = torch.cat([mu, (cov + torch.outer(mu, mu)).flatten()])
         return Initialization(bytes_up=tensor_bytes(stats), exchanges=1)

@@ -107,7 +107,7 @@ class FedSoft(ClassifierMixture):
             eligible = int((v > 0).sum())
             for c in rng.choice(ids, size=min(per_cluster, eligible), replace=False, p=v / v.sum()):
                 self.selected.setdefault(int(c), []).append(s)
-        size = int(self._global[0].numel())
+        size = int(self.global_state[0].numel())
         return [ClientTask(t.round, t.client_id, t.seed, t.global_state, t.settings, algorithm=self.name,
                            upload_sizes=(size,)) for t in super().configure_round(round_idx, sorted(self.selected))]
 
@@ -119,13 +119,13 @@ class FedSoft(ClassifierMixture):
             self.sizes[r.client_id] = r.num_examples
             self.importances[r.client_id] = r.statistics["importances"].float().cpu()
         typical = self.typical_size()
-        models = {r.client_id: self.start_point(self._global, r.statistics["importances"]) + r.updates[0]
+        models = {r.client_id: self.start_point(self.global_state, r.statistics["importances"]) + r.updates[0]
                   for r in replies}
         new = []
-        for s, centre in enumerate(self._global):
+        for s, centre in enumerate(self.global_state):
             drawn = [r.client_id for r in replies if s in self.selected.get(r.client_id, [])]
             new.append(self.new_centre(s, centre, drawn, models, typical) if drawn else centre)
-        self._global = new
+        self.global_state = new
         return self.round_metrics(replies)
 
     def new_centre(self, s: int, centre: torch.Tensor, drawn: list[int], models: dict[int, torch.Tensor],

@@ -20,7 +20,7 @@ from fedgmi.errors import ConfigError
 from fedgmi.federated.aggregation import aggregate_components
 from fedgmi.federated.class_statistics import ClassStatistics
 from fedgmi.federated.messages import ClientReply, ClientTask, derive_seed
-from fedgmi.federated.strategy import ClientState, EvaluationHooks, ProblemSpec, Strategy
+from fedgmi.federated.strategy import ClientState, ProblemSpec, Strategy
 from fedgmi.federated.worker import ClientWorker, LocalTraining, OptimizerFactory, initial_vectors
 from fedgmi.models.features import CNNFeatures, MLPFeatures, cnn_fits
 from fedgmi.models.heads import weighted_cross_entropy
@@ -71,7 +71,7 @@ def frozen(module: nn.Module):
             p.requires_grad_(flag)
 
 
-class FedVTC(Strategy, EvaluationHooks):
+class FedVTC(Strategy):
     """FedVTC: per-client models of several architectures, shared class statistics and generator.
 
     One round at client k (architecture a(k) = ``architectures[k % len(architectures)]``):

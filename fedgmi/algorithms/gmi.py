@@ -345,7 +345,7 @@ class FedGMI(ParameterVectorStrategy):
                                                 self.head_training)
             body, heads = self._split_classifiers(self.classifier_worker.vector())
             states = [torch.cat([s.to(h.device), h]) for s, h in zip(states, heads)] + [body]
-        self._global = [s.to(fabric.device) for s in states]
+        self.global_state = [s.to(fabric.device) for s in states]
 
     def _split_classifiers(self, flat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(P_body + K P_head,) classifier vector -> the body's (P_body,) and K (P_head,) parts."""
@@ -406,7 +406,7 @@ class FedGMI(ParameterVectorStrategy):
                            num_samples: int = 8) -> PersonalizedMixture:
         """A standalone :class:`PersonalizedMixture` of copies of the global VAEs and class
         predictors with the given (K,) proportions (e.g. ``client_proportions(c)``)."""
-        vaes, classifier_theta = self._unpack(self._global)
+        vaes, classifier_theta = self._unpack(self.global_state)
         components = []
         for theta in vaes:
             component = self.build_component().to(theta.device)
@@ -424,7 +424,7 @@ class FedGMI(ParameterVectorStrategy):
     def load_vae(self, k: int, state: Sequence[torch.Tensor] | None = None) -> ComponentVAE:
         """The client worker's VAE loaded with component ``k``'s parameters from ``state``
         (default: the global state)."""
-        return self.worker.load(self._unpack(self._global if state is None else state)[0][k]).vae
+        return self.worker.load(self._unpack(self.global_state if state is None else state)[0][k]).vae
 
     @torch.no_grad()
     def component_outputs(
@@ -446,7 +446,7 @@ class FedGMI(ParameterVectorStrategy):
             return log_px, component.class_log_prob(xb) if classes and component.head is not None \
                 else xb.new_zeros(len(xb), 0)
 
-        state = self._global if state is None else state
+        state = self.global_state if state is None else state
         vaes, classifier_theta = self._unpack(state)
         x = x.to(self.fabric.device)
         if classifier_theta is None:  # "separate": both from each component's module

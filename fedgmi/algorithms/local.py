@@ -31,7 +31,7 @@ class Local(FedAvg):
 
     def client_model(self, client_id: int) -> torch.Tensor:
         """(P,) the client's own model, or the shared initial model if it never trained."""
-        return self.client_state.get(int(client_id), {}).get("theta", self._global[0])
+        return self.client_state.get(int(client_id), {}).get("theta", self.global_state[0])
 
     def client_update(self, task: ClientTask, data, state: ClientState) -> tuple[ClientReply, ClientState]:
         """Train the client's own model (its state, model-sized: Local's point); upload nothing
@@ -39,7 +39,7 @@ class Local(FedAvg):
         device = self.fabric.device
         gen = torch.Generator(device).manual_seed(task.seed)
         x, y = data.x_train.to(device), data.y_train.to(device)
-        local = self.train_model(state.get("theta", self._global[0]), x, y, torch.ones(len(x), device=device), gen,
+        local = self.train_model(state.get("theta", self.global_state[0]), x, y, torch.ones(len(x), device=device), gen,
                                  state)
         return (task.reply(len(x), (), (), {"cross_entropy": float(local.losses[0])}),
                 {**local.optimizer_state, "theta": local.theta})

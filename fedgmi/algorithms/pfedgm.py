@@ -149,7 +149,7 @@ class PFedGM(ParameterVectorStrategy):
         self.worker = ClientWorker(fabric, model, self.training)
         y, d = spec.num_classes, self.feature_dim
         empty = ClassStatistics(torch.zeros(y), torch.zeros(y, d), torch.ones(y, d))
-        self._global = [theta.to(fabric.device), torch.cat([empty.flat(), torch.zeros(y * d)]).to(fabric.device)]
+        self.global_state = [theta.to(fabric.device), torch.cat([empty.flat(), torch.zeros(y * d)]).to(fabric.device)]
 
     def statistics(self, flat: torch.Tensor) -> ClassStatistics:
         """The :class:`ClassStatistics` of a flat vector of this problem."""
@@ -164,11 +164,11 @@ class PFedGM(ParameterVectorStrategy):
     @property
     def prior(self) -> tuple[ClassStatistics, torch.Tensor]:
         """The server's global prior: pooled class statistics and tau^2."""
-        return self.prior_of(self._global[1])
+        return self.prior_of(self.global_state[1])
 
     def configure_round(self, round_idx: int, client_ids: Sequence[int]) -> list[ClientTask]:
         """theta and the prior down; one update (theta's delta) expected back."""
-        size = (int(self._global[0].numel()),)
+        size = (int(self.global_state[0].numel()),)
         return [dataclasses.replace(t, upload_sizes=size) for t in super().configure_round(round_idx, client_ids)]
 
     def aggregate(self, round_idx: int, replies: Sequence[ClientReply]) -> dict[str, float]:
@@ -176,9 +176,9 @@ class PFedGM(ParameterVectorStrategy):
         replies, a class absent from all of them keeping its previous prior."""
         if not replies:
             return {}
-        theta, = aggregate_components(self._global[:1], [r.updates for r in replies],
+        theta, = aggregate_components(self.global_state[:1], [r.updates for r in replies],
                                       [r.aggregation_weights.tolist() for r in replies], step=self.step_size(replies))
-        self._global = [theta, self.updated_prior([self.statistics(r.statistics[STATISTICS]) for r in replies])]
+        self.global_state = [theta, self.updated_prior([self.statistics(r.statistics[STATISTICS]) for r in replies])]
         return self.round_metrics(replies)
 
     def updated_prior(self, parts: Sequence[ClassStatistics]) -> torch.Tensor:
@@ -191,7 +191,7 @@ class PFedGM(ParameterVectorStrategy):
         keep = ClassStatistics(torch.where(has, new.counts, old.counts), torch.where(has[:, None], new.means, old.means),
                                torch.where(has[:, None], new.variances, old.variances))
         tau2 = torch.where(ok[:, None], tau2.to(old_tau2), old_tau2)
-        return torch.cat([keep.flat(), tau2.reshape(-1)]).to(self._global[1])
+        return torch.cat([keep.flat(), tau2.reshape(-1)]).to(self.global_state[1])
 
     # ------------------------------------------------------------------ heads
     def global_frequencies(self, prior: ClassStatistics) -> torch.Tensor:
@@ -229,12 +229,12 @@ class PFedGM(ParameterVectorStrategy):
     def client_head(self, client_id: int) -> tuple[torch.Tensor, ...]:
         """The head of a client from its stored statistics and the current prior."""
         flat = self.client_state.get(int(client_id), {}).get(STATISTICS)
-        return self.head(self.prior, None if flat is None else self.statistics(flat.to(self._global[1])))
+        return self.head(self.prior, None if flat is None else self.statistics(flat.to(self.global_state[1])))
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """(N, d) float32 features of (N, D) ``x`` under theta (default: the global one)."""
-        theta = self._global[0] if theta is None else theta
+        theta = self.global_state[0] if theta is None else theta
         return self.worker.outputs([theta], x.to(self.fabric.device), lambda m, xb: m(xb).float())[:, 0]
 
     def component_outputs(self, x, estimator=None, num_samples=None, generator=None):

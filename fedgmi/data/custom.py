@@ -27,8 +27,11 @@ one. Example (runs as written, see docs/guide/own-data.md)::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import pickle
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -37,7 +40,7 @@ from fedgmi.data.scenario import Scenario, ScenarioConfig, build_scenario
 from fedgmi.data.shifts import DatasetUnion, Shift, Transformed
 from fedgmi.errors import ConfigError
 
-__all__ = ["base_from_dataset", "base_from_tensors", "scenario_from_datasets", "scenario_from_tensors"]
+__all__ = ["TensorFile", "base_from_dataset", "base_from_tensors", "scenario_from_datasets", "scenario_from_tensors"]
 
 
 @dataclass
@@ -46,6 +49,8 @@ class CustomScenarioConfig(ScenarioConfig):
     name; nothing is loaded from a data folder)."""
 
     def _validate_dataset(self) -> None:
+        if isinstance(self.dataset, torch.utils.data.Dataset):
+            return
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ConfigError(f"dataset = {self.dataset!r} must be a non-empty name")
 
@@ -90,6 +95,48 @@ def base_from_tensors(images: torch.Tensor, labels: torch.Tensor, name: str = "c
                        f"{name}: {images.shape[0]} images {tuple(images.shape[1:])}, {classes} classes")
 
 
+class TensorFile(torch.utils.data.Dataset):
+    """Labelled images saved with ``torch.save`` as a dict of two tensors: the dataset that
+    ``scenario.dataset`` names by ``class_path`` in a config (or ``--scenario.dataset``)::
+
+        torch.save({"images": images, "labels": labels}, "my_data.pt")   # (N, C, H, W), (N,)
+
+        scenario:
+          dataset:
+            class_path: fedgmi.data.custom.TensorFile
+            init_args: {path: my_data.pt}
+
+    Args:
+        path: The file (read with ``torch.load(weights_only=True)``).
+        images: Key of the ``(N, C, H, W)`` (or ``(N, H, W)``) images, float in [0, 1] or uint8.
+        labels: Key of the ``(N,)`` integer labels.
+        name: The dataset's name in summaries and run folder names (default the file's stem).
+
+    Raises:
+        ConfigError: A missing or unreadable file, a missing key, or not a tensor under it.
+    """
+
+    def __init__(self, path: str, images: str = "images", labels: str = "labels", name: str | None = None) -> None:
+        self.path, self.name = path, name or Path(path).stem
+        try:
+            content = torch.load(path, weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+            raise ConfigError(f"scenario.dataset.init_args.path = {path!r} cannot be read: "
+                              f"{getattr(err, 'strerror', None) or str(err).splitlines()[0]}") from None
+        for key in (images, labels):
+            if not isinstance(content, dict) or not isinstance(content.get(key), torch.Tensor):
+                found = sorted(content) if isinstance(content, dict) else type(content).__name__
+                raise ConfigError(f"scenario.dataset.init_args.path = {path!r} holds no tensor {key!r} "
+                                  f"(found: {found}); save a dict of images and labels")
+        self.images, self.labels = content[images], content[labels]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
 def base_from_dataset(dataset: torch.utils.data.Dataset, name: str = "custom",
                       num_classes: int | None = None) -> BaseDataset:
     """Read every ``(image, label)`` pair of a map-style torch ``Dataset`` into memory.
@@ -102,8 +149,10 @@ def base_from_dataset(dataset: torch.utils.data.Dataset, name: str = "custom",
     """
     from torchvision.transforms.v2 import functional as tvf
 
+    if isinstance(dataset, TensorFile):  # all in memory already
+        return base_from_tensors(dataset.images, dataset.labels, name, num_classes)
     xs, ys = [], []
-    for i in range(len(dataset)):
+    for i in range(len(cast(Sized, dataset))):
         item = dataset[i]
         if not isinstance(item, tuple | list) or len(item) < 2:
             raise ConfigError(f"dataset[{i}] is {type(item).__name__}; allowed: an (image, label) pair")
@@ -160,7 +209,7 @@ def scenario_from_tensors(
     if (transforms is None) == (shift is None):
         raise ConfigError("give transforms (K callables) or shift (a fedgmi.data.shifts.Shift), exactly one")
     base = base_from_tensors(images, labels, name, num_classes)
-    shift = shift if shift is not None else Transformed(transforms, names)
+    shift = shift if shift is not None else Transformed(cast(Sequence[Callable | None], transforms), names)
     config = _config(name, shift, num_clients=num_clients, alpha=alpha, proportions=proportions,
                      samples_per_client=tuple(samples_per_client), test_fraction=test_fraction, seed=seed)
     return build_scenario(config, base)

@@ -176,7 +176,8 @@ class BaseDataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one image."""
-        return tuple(int(d) for d in self.images.shape[1:])
+        c, h, w = (int(d) for d in self.images.shape[1:])
+        return c, h, w
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -450,7 +451,8 @@ def _load_cifar10(root: Path, download: bool) -> BaseDataset:
     """CIFAR-10's complete splits through torchvision (downloading when allowed)."""
     cls = _cifar10_class()
     folder = root / DATASET_INFO["cifar10"].folder
-    parts, names = [], []
+    parts: list[Any] = []
+    names: list[str] = []
     for train in (True, False):
         try:
             with _tidy_failed_download([root, folder]), _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):

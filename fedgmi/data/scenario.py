@@ -47,7 +47,10 @@ class ScenarioConfig:
     """Settings of the probabilistic-mixture scenario.
 
     Attributes:
-        dataset: Base dataset, one of :data:`fedgmi.data.datasets.DATASETS`.
+        dataset: Base dataset: one of :data:`fedgmi.data.datasets.DATASETS`, or your own
+            map-style torch ``Dataset`` of ``(image, label)`` pairs (in a config: its
+            ``class_path`` and ``init_args``, e.g. :class:`fedgmi.data.custom.TensorFile` for a
+            tensor file).
         data_dir: Data folder (``FEDGMI_DATA_DIR`` overrides it; see
             :func:`fedgmi.data.datasets.resolve_data_dir`).
         download: Whether torchvision may download the dataset(s).
@@ -71,7 +74,7 @@ class ScenarioConfig:
             shift does not fit a known dataset (e.g. colour on grey images, K too large).
     """
 
-    dataset: str = "mnist"
+    dataset: str | torch.utils.data.Dataset = "mnist"
     data_dir: str | None = None
     download: bool = True
     angles: list[float] | None = None
@@ -124,7 +127,17 @@ class ScenarioConfig:
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             raise ConfigError(f"seed = {self.seed!r} must be an integer in 0..{MAX_SEED} (or null: the run's seed)")
 
+    @property
+    def dataset_name(self) -> str:
+        """The dataset's name: a built-in one, or your ``Dataset``'s ``name`` attribute (default
+        its class name)."""
+        if isinstance(self.dataset, str):
+            return self.dataset
+        return str(getattr(self.dataset, "name", type(self.dataset).__name__))
+
     def _validate_dataset(self) -> None:
+        if isinstance(self.dataset, torch.utils.data.Dataset):  # your own: checked when it is read
+            return
         if self.dataset not in DATASETS:
             raise ConfigError(
                 f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}"
@@ -142,10 +155,10 @@ class ScenarioConfig:
             self.shift.validate()
         else:
             check_angles(list(DEFAULT_ANGLES) if self.angles is None else self.angles, "angles")
-        names = [self.dataset, *self.resolved_shift.other_datasets()]
+        names = [self.dataset_name, *self.resolved_shift.other_datasets()]
         unknown = [n for n in names if n not in DATASET_INFO]
-        if unknown:  # a user's own dataset: checked at build time, against the loaded data
-            if self.dataset in DATASET_INFO:
+        if unknown or not isinstance(self.dataset, str):  # your own dataset: checked at build time
+            if isinstance(self.dataset, str) and self.dataset in DATASET_INFO:
                 raise ConfigError(f"scenario.shift names unknown dataset(s) {unknown!r}; "
                                   f"choose from: {', '.join(DATASETS)}")
             return
@@ -274,7 +287,7 @@ class Scenario:
         )
         return "\n".join(
             [
-                f"dataset: {self.config.dataset} ({self.source})",
+                f"dataset: {self.config.dataset_name} ({self.source})",
                 (f"components: K={self.num_components} ({', '.join(self.component_names)}), "
                  f"{type(self.config.resolved_shift).__name__}"),
                 (
@@ -285,6 +298,12 @@ class Scenario:
                 f"mean train proportions ({drawn}): [{mean_pi}]",
             ]
         )
+
+
+def _chw(shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(C, H, W)`` of an image shape."""
+    c, h, w = (int(d) for d in shape)
+    return c, h, w
 
 
 def component_name(angle: float) -> str:
@@ -321,10 +340,13 @@ def build_scenario(config: ScenarioConfig, base: BaseDataset | None = None,
     if config.seed is None:
         raise ConfigError("seed = None: give the scenario an integer seed (the CLI uses the run's --seed)")
     shift = config.resolved_shift
-    if base is None:
-        base = load_base_dataset(config.dataset, config.data_dir, config.download)
-    elif base.name != config.dataset:
-        raise ConfigError(f"base dataset {base.name!r} does not match dataset = {config.dataset!r}")
+    if base is None and not isinstance(config.dataset, str):
+        from fedgmi.data.custom import base_from_dataset
+        base = base_from_dataset(config.dataset, config.dataset_name)
+    elif base is None:
+        base = load_base_dataset(config.dataset_name, config.data_dir, config.download)
+    elif base.name != config.dataset_name:
+        raise ConfigError(f"base dataset {base.name!r} does not match dataset = {config.dataset_name!r}")
     other_names = shift.other_datasets()
     if others is None:
         others = [load_base_dataset(n, config.data_dir, config.download) for n in other_names]
@@ -427,6 +449,7 @@ def _assemble(
     z_np = np.repeat(np.tile(np.arange(k), counts.shape[0] * 2), counts.ravel())
     source_np, index_np = shift.draw_pool(z_np, [b.labels for b in bases], rng)
     z_all, source, index = (torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in (z_np, source_np, index_np))
+    assert config.seed is not None  # build_scenario refuses None first
     x_all, labels = _render(shift, bases, z_all, source, index, config.seed)
     x_all = x_all.flatten(1)
     offsets = torch.tensor(np.cumsum([0] + [len(b) for b in bases[:-1]]), dtype=torch.int64)
@@ -444,7 +467,7 @@ def _assemble(
     return Scenario(
         clients=clients,
         truth=truth,
-        image_shape=tuple(shift.output_shape([b.image_shape for b in bases])),
+        image_shape=_chw(shift.output_shape([b.image_shape for b in bases])),
         num_components=k,
         num_classes=shift.output_classes([b.num_classes for b in bases]),
         component_names=shift.component_names(),

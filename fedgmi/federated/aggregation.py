@@ -56,7 +56,7 @@ def aggregate_components(
         if not pairs:
             new_state.append(theta)
             continue
-        delta = weighted_average([p[0] for p in pairs], [p[1] for p in pairs])
+        delta = weighted_average([p[0] for p in pairs if p[0] is not None], [p[1] for p in pairs])
         if step != 1.0:
             delta = step * delta
         new_state.append(theta + delta.to(theta.dtype))

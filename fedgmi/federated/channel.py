@@ -116,13 +116,15 @@ class Channel:
         selected = self.select_components(reply)
         codecs = self._fit_budget(reply, selected, task.round)
         state = self.residuals.setdefault(reply.client_id, {})
-        decoded, nbytes = [], 0
+        decoded: list[torch.Tensor | None] = []
+        nbytes = 0
         for k, update in enumerate(reply.updates):
-            if update is None or codecs[k] is None:
+            codec = codecs[k]
+            if update is None or codec is None:
                 decoded.append(None)
                 continue
-            payload = codecs[k].encode(update, state.setdefault(k, {}), _generator(task.seed, k, UPLINK, update.device))
-            decoded.append(codecs[k].decode(payload).view_as(update).to(update.dtype))
+            payload = codec.encode(update, state.setdefault(k, {}), _generator(task.seed, k, UPLINK, update.device))
+            decoded.append(codec.decode(payload).view_as(update).to(update.dtype))
             nbytes += payload.nbytes
         out = dataclasses.replace(reply, updates=tuple(decoded), payload_bytes=nbytes)
         self.counters["raw_up"] += reply.bytes_up
@@ -148,7 +150,7 @@ class Channel:
         wanted = len(selected)
         while selected:
             share = left // len(selected)
-            fitted = [self.uplink_codec.limited(reply.updates[k].numel(), share) for k in selected]
+            fitted = [self.uplink_codec.limited(_size(reply.updates[k]), share) for k in selected]
             if all(c is not None for c in fitted):
                 break
             selected = selected[:-1]  # drop the lightest component
@@ -195,6 +197,12 @@ class Channel:
         initial = state.get("initial")  # absent in checkpoints written before it existed
         self.initial = None if initial is None else [t.to(device) for t in initial]
         self.counters = {**self.counters, **{k: int(v) for k, v in state["counters"].items()}}
+
+
+def _size(update: torch.Tensor | None) -> int:
+    """Elements of a selected update (selection keeps only updates that were sent)."""
+    assert update is not None, "a selected component was sent"
+    return int(update.numel())
 
 
 def _generator(seed: int, component: int, stream: int, device: torch.device) -> torch.Generator:

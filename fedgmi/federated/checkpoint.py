@@ -123,6 +123,8 @@ def scenario_signature(scenario, seed: int, unseen_fraction: float) -> dict[str,
     config = scenario.config
     fields: dict[str, Any] = {f"scenario.{name}": _plain(getattr(config, name)) for name in SCENARIO_FIELDS}
     fields["scenario.shift"] = describe_shift(config.resolved_shift)
+    if not isinstance(config.dataset, str):  # your own Dataset: its class and plain settings (a path)
+        fields["scenario.dataset"] = describe_shift(config.dataset)
     if config.proportions is not None:
         fields["scenario.alpha"] = None  # explicit proportions override alpha
     digest = hashlib.sha256()

@@ -214,7 +214,7 @@ def evaluate(strategy: Strategy, scenario, config: EvalConfig, seed: int = 0,
     if unseen:
         ids = sorted(unseen)
         unseen_tv = ProportionError(scores.mapping, true_pi.shape[1])
-        unseen_tv.update(est[ids], true_pi[ids])
+        unseen_tv.update(torch.as_tensor(est[ids]), true_pi[ids])
         metrics["unseen_client_accuracy_mean"] = float(np.mean(
             [outs[c]["personal_correct"].float().mean().item() for c in ids]))
         metrics["unseen_proportion_error_tv"] = unseen_tv.compute().item()
@@ -245,7 +245,7 @@ def generalization_accuracy(strategy: Strategy, scenario, config: EvalConfig, pr
     outputs = strategy.component_outputs(x, *settings) if shared else None  # the same for every client
     scores = []
     for cid, pi in proportions.items():
-        lp, clp = outputs if shared else strategy.client_component_outputs(cid, POOL, x, *settings)
+        lp, clp = outputs if outputs is not None else strategy.client_component_outputs(cid, POOL, x, *settings)
         predicted = mixture_predict(pi.to(lp.device).log(), lp, clp, strategy.density_weight).argmax(1).cpu()
         scores.append((predicted == y).double().mean().item())
     return np.array(scores)

@@ -18,7 +18,7 @@ algorithm, the field and the two sizes: that is a bug in the algorithm, not a fl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -35,7 +35,7 @@ def derive_seed(seed: int, round_idx: int, client_id: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 
-def tensor_bytes(tensors) -> int:
+def tensor_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
     """Exact payload size in bytes of the tensors given (``None`` entries cost nothing)."""
     return int(sum(t.numel() * t.element_size() for t in tensors if t is not None))
 
@@ -100,7 +100,8 @@ class ClientTask:
         """Downlink payload of this task in bytes (what crossed the wire)."""
         return tensor_bytes(self.global_state) if self.payload_bytes is None else int(self.payload_bytes)
 
-    def reply(self, num_examples: int, updates, aggregation_weights,
+    def reply(self, num_examples: int, updates: Sequence[torch.Tensor | None],
+              aggregation_weights: Sequence[float] | torch.Tensor,
               metrics: Mapping[str, float] | None = None,
               statistics: Mapping[str, torch.Tensor] | None = None) -> ClientReply:
         """The client's :class:`ClientReply` to this task (checked against its expected sizes).

@@ -82,7 +82,7 @@ def screen_replies(replies: Sequence[ClientReply], max_norm_ratio: float | None 
             senders = [r for r in finite if r.updates and r.updates[k] is not None]
             if len(senders) < 3:
                 continue
-            norms = torch.stack([r.updates[k].float().norm() for r in senders])
+            norms = torch.stack([u.float().norm() for r in senders if (u := r.updates[k]) is not None])
             median = norms.median()
             for r, n in zip(senders, norms):
                 if median > 0 and n > max_norm_ratio * median and r.client_id not in rejected:

@@ -4,20 +4,28 @@ The loop (:mod:`fedgmi.federated.server`) owns rounds, client sampling, seeds, t
 screening, evaluation and outputs. An algorithm is a :class:`Strategy`: what clients receive,
 what a client does with its own data, how replies become the new global state.
 
-How to add an algorithm (a complete example, FedProx, is in ``docs/adding_an_algorithm.md``):
+How to add an algorithm (two complete examples, FedProx and a clustered strategy with its own
+global state, are in the guide ``docs/adding_an_algorithm.md``):
 
 1. Subclass :class:`~fedgmi.algorithms.classifier_mixture.ClassifierMixture` (K classifiers
    trained with per-sample weights) or :class:`ParameterVectorStrategy` (any K flat vectors),
    or :class:`Strategy` itself for another global state.
-2. ``setup(spec, fabric, seed)``: build the global state (call ``super().setup`` first).
+2. ``setup(spec, fabric, seed)``: call ``super().setup`` first, then assign the global state
+   (``self.global_state = (...)``, a tuple of flat tensors on ``fabric.device``).
 3. ``client_update(task, data, state) -> (reply, new_state)``: train on ``data`` (the client's
    :class:`~fedgmi.data.ClientData`) from ``task.global_state``; return ``task.reply(...)`` and
    the client's new state (a small dict of tensors, e.g. ``{"pi": (K,)}``; the loop stores it,
    the strategy never writes it itself).
-4. ``aggregate(round_idx, replies) -> metrics``: the new global state from the replies.
-5. Optionally ``configure_round`` (who gets what), ``initialize`` (a stage before round 0),
-   and the :class:`EvaluationHooks` (how the components score and predict).
-6. Give it a config in ``configs/``: the contract test then runs it through the real loop.
+4. ``aggregate(round_idx, replies) -> metrics``: assign the new global state
+   (``self.global_state = new``; never change the old tensors in place) and return the round's
+   metrics.
+5. ``component_outputs(x, ...)``: (N, K) log p_k(x) and (N, K, Y) log p_k(y | x), what
+   evaluation scores and predicts with (required); optionally the other
+   :class:`EvaluationHooks` (flags and hooks with defaults for a K-component mixture),
+   ``configure_round`` (who gets what) and ``initialize`` (a stage before round 0).
+6. Check it: :func:`fedgmi.check_strategy` runs the contract test on the class; ``fedgmi
+   validate`` refuses a class that leaves a required hook out. A config in ``configs/`` makes
+   our own tests run it through the real loop.
 """
 
 from __future__ import annotations
@@ -25,16 +33,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning
 import torch
 
 from fedgmi.errors import ConfigError
 from fedgmi.federated.aggregation import aggregate_components
-from fedgmi.federated.messages import ClientReply, ClientTask, derive_seed
+from fedgmi.federated.messages import ClientReply, ClientTask, ContractError, derive_seed
 from fedgmi.federated.responsibilities import estimate_proportions
 from fedgmi.validation import check_choice
+
+if TYPE_CHECKING:  # the data classes (imported for the annotations only)
+    from fedgmi.data.scenario import ClientData, GroundTruth, Scenario
 
 #: A client's own state between rounds: a few named tensors (e.g. {"pi": (K,) proportions}).
 ClientState = dict[str, torch.Tensor]
@@ -63,7 +74,7 @@ class ProblemSpec:
     train_examples: int | None = None
 
     @classmethod
-    def of(cls, scenario: Any, strategy: Strategy, train_examples: int | None = None) -> ProblemSpec:
+    def of(cls, scenario: Scenario, strategy: Strategy, train_examples: int | None = None) -> ProblemSpec:
         """The spec of ``scenario`` for ``strategy``: K is the strategy's
         :attr:`Strategy.num_components` when set (learned K may differ from the scenario's true
         K), else the scenario's."""
@@ -89,73 +100,10 @@ class Initialization:
     exchanges: int = 0
 
 
-class Strategy(ABC):
-    """What an algorithm must implement to train (see the module docstring)."""
-
-    #: Every client's state, keyed by client id; written by the loop only (from the second
-    #: value :meth:`client_update` returns and from :attr:`Initialization.client_states`).
-    client_state: dict[int, ClientState]
-    #: Number of components to learn; None (default) = the scenario's true K. An algorithm
-    #: with components exposes it as its ``num_components`` setting.
-    num_components: int | None = None
-
-    @property
-    def name(self) -> str:
-        """The algorithm's name (its class name), used in messages and checkpoints."""
-        return type(self).__name__
-
-    def setup(self, spec: ProblemSpec, fabric: lightning.Fabric, seed: int) -> None:
-        """Build the global state for ``spec`` on ``fabric.device``. Called once."""
-        self.spec, self.fabric, self.seed = spec, fabric, seed
-        self.client_state = {}
-
-    def initialize(self, clients: Sequence[Any]) -> Initialization:
-        """Optional federated stage before round 0 over every training client's
-        :class:`~fedgmi.data.ClientData` (used only through client-side computations)."""
-        return Initialization()
-
-    @property
-    @abstractmethod
-    def global_state(self) -> tuple[torch.Tensor, ...]:
-        """The flat parameter vectors the server holds, each (P_m,)."""
-
-    def configure_round(self, round_idx: int, client_ids: Sequence[int]) -> list[ClientTask]:
-        """One task per sampled client: the global state, settings and a derived seed."""
-        state, settings = self.global_state, self.round_settings(round_idx)
-        return [ClientTask(round_idx, int(c), derive_seed(self.seed, round_idx, int(c)), state, settings,
-                           algorithm=self.name) for c in client_ids]
-
-    def round_settings(self, round_idx: int) -> dict[str, float | int | str]:
-        """Scalar settings sent with every task of the round (none by default)."""
-        return {}
-
-    @abstractmethod
-    def client_update(self, task: ClientTask, data: Any, state: ClientState) -> tuple[ClientReply, ClientState]:
-        """One client's local update on its own ``data`` from its ``state`` (``{}`` at first):
-        its reply and its new state."""
-
-    @abstractmethod
-    def aggregate(self, round_idx: int, replies: Sequence[ClientReply]) -> dict[str, float]:
-        """Turn the round's accepted replies into the new global state; return round metrics."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: global state and client state."""
-        return {
-            "global_state": [t.detach().cpu() for t in self.global_state],
-            "client_state": {c: {k: v.cpu() for k, v in s.items()} for c, s in self.client_state.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.client_state = {
-            int(c): {k: v.to(self.fabric.device) for k, v in s.items()}
-            for c, s in state["client_state"].items()
-        }
-
-
 class EvaluationHooks(ABC):
     """How a strategy's components are scored and predict (used by
-    :mod:`fedgmi.federated.evaluation` only); the defaults suit a mixture of K components."""
+    :mod:`fedgmi.federated.evaluation` only; :class:`Strategy` inherits them): the defaults
+    suit a mixture of K components; :meth:`component_outputs` is required."""
 
     #: False for methods without a mixture (FedAvg, Local): their mixture metrics are NaN.
     models_mixture: bool = True
@@ -185,7 +133,7 @@ class EvaluationHooks(ABC):
         an algorithm that uses labels adds log p_k(y | x) when ``y`` is given)."""
         return log_px
 
-    def attach_ground_truth(self, truth: Any) -> None:
+    def attach_ground_truth(self, truth: GroundTruth) -> None:
         """Receive the scenario's :class:`~fedgmi.data.GroundTruth` (the Oracle only).
 
         Raises:
@@ -209,14 +157,108 @@ class EvaluationHooks(ABC):
 
     def client_proportions(self, client_id: int) -> torch.Tensor | None:
         """(K,) the client's current mixture proportions, or ``None`` if it has none yet."""
-        return self.client_state.get(int(client_id), {}).get("pi")
+        return getattr(self, "client_state", {}).get(int(client_id), {}).get("pi")
 
 
-class ParameterVectorStrategy(Strategy, EvaluationHooks):
-    """A Strategy whose global state is K flat parameter vectors, ``self._global`` (each (P,)),
+class Strategy(EvaluationHooks):
+    """What an algorithm implements (see the module docstring): the training hooks here and the
+    evaluation hooks of :class:`EvaluationHooks`. Required (abstract): :meth:`client_update`,
+    :meth:`aggregate` and :meth:`~EvaluationHooks.component_outputs`; everything else has a
+    default. ``fedgmi validate`` and :func:`~fedgmi.federated.contract.check_strategy` refuse a
+    class that leaves a required hook out.
+
+    The global state (:attr:`global_state`): ``setup`` assigns it, ``aggregate`` assigns the
+    new one (``self.global_state = new``, a new tuple of tensors, never the old tensors changed
+    in place: the loop, the channel and the checkpoints may hold references to them). A
+    strategy that derives its global state from its own attributes (FedVTC) overrides the
+    property and :meth:`load_state_dict` instead.
+    """
+
+    #: Every client's state, keyed by client id; written by the loop only (from the second
+    #: value :meth:`client_update` returns and from :attr:`Initialization.client_states`).
+    client_state: dict[int, ClientState]
+    #: Number of components to learn; None (default) = the scenario's true K. An algorithm
+    #: with components exposes it as its ``num_components`` setting.
+    num_components: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The algorithm's name (its class name), used in messages and checkpoints."""
+        return type(self).__name__
+
+    def setup(self, spec: ProblemSpec, fabric: lightning.Fabric, seed: int) -> None:
+        """Build the global state for ``spec`` on ``fabric.device``. Called once."""
+        self.spec, self.fabric, self.seed = spec, fabric, seed
+        self.client_state = {}
+
+    def initialize(self, clients: Sequence[ClientData]) -> Initialization:
+        """Optional federated stage before round 0 over every training client's
+        :class:`~fedgmi.data.ClientData` (used only through client-side computations)."""
+        return Initialization()
+
+    _global_state: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def global_state(self) -> tuple[torch.Tensor, ...]:
+        """The flat parameter vectors the server holds, each (P_m,) (what every task carries)."""
+        return self._global_state
+
+    @global_state.setter
+    def global_state(self, state: Sequence[torch.Tensor]) -> None:
+        """Replace the global state (``setup``, ``aggregate``): a sequence of tensors, stored as
+        a tuple.
+
+        Raises:
+            ContractError: ``state`` is not a sequence of tensors.
+        """
+        state = tuple(state) if isinstance(state, (list, tuple)) else state
+        if not isinstance(state, tuple) or not all(isinstance(t, torch.Tensor) for t in state):
+            raise ContractError(f"{self.name}: global_state must be a sequence of tensors, got "
+                                f"{type(state).__name__}")
+        self._global_state = state
+
+    def configure_round(self, round_idx: int, client_ids: Sequence[int]) -> list[ClientTask]:
+        """One task per sampled client: the global state, settings and a derived seed."""
+        state, settings = self.global_state, self.round_settings(round_idx)
+        return [ClientTask(round_idx, int(c), derive_seed(self.seed, round_idx, int(c)), state, settings,
+                           algorithm=self.name) for c in client_ids]
+
+    def round_settings(self, round_idx: int) -> dict[str, float | int | str]:
+        """Scalar settings sent with every task of the round (none by default)."""
+        return {}
+
+    @abstractmethod
+    def client_update(self, task: ClientTask, data: ClientData, state: ClientState) -> tuple[ClientReply, ClientState]:
+        """One client's local update on its own ``data`` from its ``state`` (``{}`` at first):
+        its reply and its new state."""
+
+    @abstractmethod
+    def aggregate(self, round_idx: int, replies: Sequence[ClientReply]) -> dict[str, float]:
+        """Turn the round's accepted replies (at least one) into the new global state, assigned
+        to :attr:`global_state` (a new tuple; the old tensors unchanged); return the round's
+        metrics (name -> float, e.g. ``train_cross_entropy``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: global state and client state."""
+        return {
+            "global_state": [t.detach().cpu() for t in self.global_state],
+            "client_state": {c: {k: v.cpu() for k, v in s.items()} for c, s in self.client_state.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the global state too, unless the class
+        derives :attr:`global_state` itself: then its own ``load_state_dict`` restores it)."""
+        device = self.fabric.device
+        self.client_state = {int(c): {k: v.to(device) for k, v in s.items()} for c, s in state["client_state"].items()}
+        if type(self).global_state is Strategy.global_state:
+            self.global_state = [t.to(device) for t in state["global_state"]]
+
+
+class ParameterVectorStrategy(Strategy):
+    """A Strategy whose global state is K flat parameter vectors (each (P,)),
     updated by per-component weighted averaging of the clients' deltas (FedGMI step 5; FedAvg,
-    McMahan et al. 2017, with one component and weights n_c). Subclasses set ``self._global``
-    in :meth:`setup` and ``self.aggregation`` in ``__init__``.
+    McMahan et al. 2017, with one component and weights n_c). Subclasses set
+    ``self.global_state`` in :meth:`setup` and ``self.aggregation`` in ``__init__``.
 
     Server rule under partial participation (``aggregation``; the papers' pseudo-code leaves it
     implicit, the codes differ):
@@ -230,16 +272,7 @@ class ParameterVectorStrategy(Strategy, EvaluationHooks):
       other aggregation weights).
     """
 
-    _global: list[torch.Tensor]
     aggregation: str = "sampled"
-
-    @property
-    def global_state(self) -> tuple[torch.Tensor, ...]:
-        return tuple(self._global)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._global = [t.to(self.fabric.device) for t in state["global_state"]]
 
     def step_size(self, replies: Sequence[ClientReply]) -> float:
         """1 under the "sampled" rule; the replies' share of all training examples under
@@ -258,8 +291,8 @@ class ParameterVectorStrategy(Strategy, EvaluationHooks):
     def average_deltas(self, replies: Sequence[ClientReply]) -> dict[str, float]:
         """theta_k += step * sum_c w_ck delta_ck / sum_c w_ck over the replies that sent k;
         returns the example-weighted ``train_cross_entropy`` and ``components_sent_per_client``."""
-        self._global = aggregate_components(
-            self._global, [r.updates for r in replies], [r.aggregation_weights.tolist() for r in replies],
+        self.global_state = aggregate_components(
+            list(self.global_state), [r.updates for r in replies], [r.aggregation_weights.tolist() for r in replies],
             step=self.step_size(replies))
         return self.round_metrics(replies)
 

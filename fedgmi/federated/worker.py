@@ -26,7 +26,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import lightning
 import torch
@@ -156,12 +156,13 @@ class ClientWorker:
     def __init__(self, fabric: lightning.Fabric, module: torch.nn.Module, training: LocalTraining) -> None:
         self.fabric, self.training = fabric, training
         self.optimizer_steps = self.samples_trained = 0
+        factory = training.optimizer or default_optimizer()  # set by LocalTraining itself
         if fabric.world_size == 1:
-            wrapped, self.optimizer = fabric.setup(module, training.optimizer(module.parameters()))
+            wrapped, self.optimizer = fabric.setup(module, factory(module.parameters()))
             self.module = wrapped.module
         else:  # never DDP: with several ranks, each trains its own clients
             self.module = fabric.strategy.precision.convert_module(module).to(fabric.device)
-            self.optimizer = fabric.setup_optimizers(training.optimizer(self.module.parameters()))
+            self.optimizer = fabric.setup_optimizers(factory(self.module.parameters()))
 
     def load(self, theta: torch.Tensor) -> torch.nn.Module:
         """Copy the (P,) vector ``theta`` into the module and return the module."""
@@ -185,7 +186,7 @@ class ClientWorker:
         Returns:
             (N, M, ...) stacked over the vectors (a tuple of such when ``forward`` returns one).
         """
-        per_vector = []
+        per_vector: list[Any] = []
         for theta in state:
             module = self.load(theta)
             with self.fabric.autocast():

@@ -176,8 +176,8 @@ def client_side(config: str, overrides: tuple[str, ...]) -> ClientSide:
     Raises:
         ConfigError: a bad config value (one line).
     """
-    from fedgmi.cli import build_parser, instantiate
     from fedgmi.federated.strategy import ProblemSpec
+    from fedgmi.run_config import build_parser, instantiate
 
     parser = build_parser()
     cfg = parser.parse_args(RunSettings(config, overrides).fit_args(server=False))

@@ -230,21 +230,20 @@ class FlowerRounds:
 
 def fit_on_grid(grid: Grid, settings: RunSettings, console: Console | None = None) -> dict:
     """``fedgmi fit`` with the clients on the grid's nodes: the same preparation, loop,
-    checkpoints, evaluation and outputs as :func:`fedgmi.cli.fit`; returns the final metrics
+    checkpoints, evaluation and outputs as :func:`fedgmi.run.run_fit`; returns the final metrics
     (as metrics.json).
 
     Raises:
         ConfigError: a bad config value, or nodes missing for some clients (one line).
         TrainingDiverged: a client's loss became NaN/Inf (outputs written so far are kept).
     """
-    from fedgmi.cli import build_parser, finish, loop_callbacks, prepare, start_state
     from fedgmi.federated.server import run_federation
+    from fedgmi.run import finish, loop_callbacks, parse, prepare, start_state
 
     if not Console().is_terminal:  # a log (Flower's log stream, a file): one line per message, unwrapped
         rich.reconfigure(soft_wrap=True)
     console = console or Console(soft_wrap=True)
-    parser = build_parser()
-    cfg = parser.parse_args(settings.fit_args(server=True))
+    parser, cfg = parse(settings.fit_args(server=True))
     p = prepare(parser, cfg)
     loop = start_state(p, console)
     fed = p.objs.federation

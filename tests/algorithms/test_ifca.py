@@ -19,7 +19,7 @@ def test_ifca_picks_the_lower_loss_cluster_and_sends_one_model_up(make_peer, sma
     reply = run_client(trained, trained.configure_round(0, [0])[0], client)
     good = trained.global_state[0] + reply.updates[0]
     strategy = make_peer(IFCA, num_components=2, local_epochs=1)
-    strategy._global = [strategy.global_state[0], good]  # cluster 1: the lower loss on client 0
+    strategy.global_state = [strategy.global_state[0], good]  # cluster 1: the lower loss on client 0
     task = strategy.configure_round(0, [0])[0]
     out = run_client(strategy, task, client)
     torch.testing.assert_close(strategy.client_proportions(0), torch.tensor([0.0, 1.0]))
