@@ -259,12 +259,14 @@ def union_error(message: str, sub_cfg: Namespace) -> str | None:
         return None
     path = re.search(r"class_path='([\w.]+)'", message)
     errors = [e.strip() for e in re.findall(r"- (.*?)(?= - |Given value|$)", message.split("Errors:", 1)[-1])
-              if "NoneType" not in e]
+              if not e.startswith("Expected a <class")]  # the other members' type mismatches
     if not path or not errors:
         return None
     key = next((k for k, cp, _ in _subclass_specs(sub_cfg) if cp == path.group(1)), None)
     short = path.group(1).rpartition(".")[2]
     detail = errors[0].removeprefix(short + " ").strip()
+    if key is not None and detail.startswith(key + "."):  # the class named its full key itself
+        return detail
     if key is None:
         return f"{path.group(1)}: {detail}"
     return f"{key}.init_args.{detail}" if re.match(r"\w+ = ", detail) else f"{key} ({short}): {detail}"
