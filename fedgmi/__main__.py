@@ -1,5 +1,5 @@
 import sys
 
-from fedgmi.cli import main
+from fedgmi.launch import main
 
 sys.exit(main())

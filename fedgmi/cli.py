@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedgmi: {err}", file=sys.stderr)
         return err.status
     except KeyboardInterrupt:
-        print("fedgmi: SIGINT before training started; nothing to resume", file=sys.stderr)
+        print("fedgmi: SIGINT: stopped outside the training loop (what was written so far stays)", file=sys.stderr)
         return 128 + signal.SIGINT
     except Exception as err:  # jsonargparse's ArgumentError and friends
         if type(err).__name__ != "ArgumentError":

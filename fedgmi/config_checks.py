@@ -8,6 +8,7 @@ dotted key (``scenario.alpha``), the bad value and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import itertools
@@ -140,12 +141,24 @@ def qualify(message: str, sub_cfg: Namespace, owner: object | None, sections: di
 def config_error(err: BaseException, sub_cfg: Namespace, sections: dict[str, type],
                  section: str | None = None) -> ConfigError:
     """``err`` as a one-line ConfigError naming the full key (see :func:`qualify`)."""
+    union = union_error(one_line(str(err)), sub_cfg)
+    if union is not None:
+        return ConfigError(union)
     return ConfigError(qualify(one_line(str(err)), sub_cfg, _owner_of_error(err), sections, section))
 
 
+SECTION_KEYS = ("scenario", "federation", "evaluation", "fabric", "channel", "logging", "selection", "algorithm")
+"""Config sections that hold settings: ``null`` for one is refused (leave it out instead)."""
+
+
 def check_config_files(argv: list[str]) -> None:
-    """Refuse an empty config file, or one that is not a mapping of sections, naming it (what
-    jsonargparse says of those does not)."""
+    """Refuse an empty config file, one that is not a mapping of sections, or a section set to
+    ``null`` (in a file or as ``--federation null``), naming it (what jsonargparse says of
+    those does not)."""
+    for i, arg in enumerate(argv[:-1]):
+        key = arg[2:] if arg.startswith("--") else None
+        if key in SECTION_KEYS and argv[i + 1].strip().lower() in ("null", "none", "~"):
+            raise ConfigError(_null_section(key, f"--{key} {argv[i + 1]}"))
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else (
             arg.split("=", 1)[1] if arg.startswith("--config=") else None)
@@ -161,6 +174,14 @@ def check_config_files(argv: list[str]) -> None:
         if not isinstance(content, dict):
             raise ConfigError(f"config file {path!r} holds a {type(content).__name__}, not a mapping of sections "
                               "(scenario:, federation:, ...)")
+        for key in SECTION_KEYS:
+            if key in content and content[key] is None:
+                raise ConfigError(_null_section(key, f"config file {path!r}"))
+
+
+def _null_section(key: str, where: str) -> str:
+    return (f"{key} = null ({where}): a section cannot be null; give its settings "
+            f"({key}: {{...}}) or leave it out for the defaults")
 
 
 def summarize_parser_error(message: str, algorithms: tuple[str, ...] = ()) -> str:
@@ -182,6 +203,13 @@ def summarize_parser_error(message: str, algorithms: tuple[str, ...] = ()) -> st
     types = [t for t in dict.fromkeys(types) if t != "NoneType"] or types
     unknown = re.search(r"No action for key \"([^\"]+)\"|Key \"([^\"]+)\" is required", tail)
     detail = one_line(tail).lstrip(": ")
+    given = value.group(1).strip() if value else ""
+    if re.fullmatch(r"[A-Za-z_][\w.]*", given) and CLASS_PROBLEM.search(tail):
+        known = f"; choose one of: {', '.join(algorithms)} (or a full class path)" if key == "algorithm" else ""
+        return f"{key} = {given!r} is not a class that can be imported{suggest_class(given)}{known}"
+    if given.lower().lstrip("+-") in ("inf", "infinity", "nan") and types:
+        return (f"{key} = {given!r}: expected a finite {' or '.join(t for t in dict.fromkeys(types))}"
+                + (" (or null)" if "NoneType" in tail else ""))
     if "dot import path" in tail and not types:
         name = re.search(r"dot import path string: (\S+)", tail)
         given = name.group(1) if name else "?"
@@ -192,6 +220,56 @@ def summarize_parser_error(message: str, algorithms: tuple[str, ...] = ()) -> st
     if unknown:
         return f"{key}: {detail}"
     return f"{key}: {detail}"[:500]
+
+
+CLASS_PROBLEM = re.compile(r"has no attribute|dot import path|either not accessible or invalid|"
+                           r"Problem with given class_path|No module named")
+"""jsonargparse's ways of saying that a class path does not import."""
+
+CLASS_MODULES = ("fedgmi.algorithms", "fedgmi.data.shifts", "fedgmi.federated.compression", "fedgmi.models",
+                 "torch.optim", "torch.optim.lr_scheduler")
+"""Where the classes a config names live: the pool :func:`suggest_class` picks from."""
+
+
+def suggest_class(given: str) -> str:
+    """``"; did you mean 'torch.optim.Adam'?"`` for the class path (or short name) closest to
+    ``given`` in its own module and :data:`CLASS_MODULES` (``""`` when none is close)."""
+    module, _, name = given.rpartition(".")
+    pool: dict[str, str] = {}
+    for mod_name in dict.fromkeys([module, *CLASS_MODULES] if module else CLASS_MODULES):
+        try:
+            members = vars(importlib.import_module(mod_name))
+        except Exception:  # noqa: BLE001 - a misspelled module, or one that fails to import
+            members = {}
+        for attr, obj in members.items():
+            if inspect.isclass(obj) and not attr.startswith("_"):
+                pool.setdefault(attr.lower(), f"{mod_name}.{attr}")
+    match = difflib.get_close_matches(name.lower(), list(pool), n=1, cutoff=0.6)
+    if not match:
+        return ""
+    full = pool[match[0]]
+    return f"; did you mean {full!r}?" if module else f"; did you mean {full.rpartition('.')[2]!r} ({full})?"
+
+
+def union_error(message: str, sub_cfg: Namespace) -> str | None:
+    """One line for jsonargparse's "Does not validate against any of the Union subtypes" about
+    a ``class_path`` block: the class's own error (``StochasticQuantization bits = 0 must be
+    ...``) under the full key (``channel.uplink.init_args.bits = 0 must be ...``)."""
+    if "Union subtypes" not in message:
+        return None
+    path = re.search(r"class_path='([\w.]+)'", message)
+    errors = [e.strip() for e in re.findall(r"- (.*?)(?= - |Given value|$)", message.split("Errors:", 1)[-1])
+              if not e.startswith("Expected a <class")]  # the other members' type mismatches
+    if not path or not errors:
+        return None
+    key = next((k for k, cp, _ in _subclass_specs(sub_cfg) if cp == path.group(1)), None)
+    short = path.group(1).rpartition(".")[2]
+    detail = errors[0].removeprefix(short + " ").strip()
+    if key is not None and detail.startswith(key + "."):  # the class named its full key itself
+        return detail
+    if key is None:
+        return f"{path.group(1)}: {detail}"
+    return f"{key}.init_args.{detail}" if re.match(r"\w+ = ", detail) else f"{key} ({short}): {detail}"
 
 
 def one_line(message: str) -> str:

@@ -14,19 +14,25 @@ Layout::
       test-<time>/         one folder per ``fedgmi test`` of the run: its own config.yaml,
                            metrics, tables, plots and logs (the training files stay as they were)
 
-A run folder belongs to one run: :func:`claim_run_dir` refuses a folder that already holds a
-run (unless told to overwrite it), and :func:`create_unique_dir` makes default folder names
-unique even for runs started in the same second (the folder is created atomically, with a
-numeric suffix on collision).
+      .fedgmi/lock, manifest   who writes the run now, and what fedgmi wrote (:mod:`fedgmi.run_folder`)
+
+A run folder belongs to one run: :func:`claim_run_dir` takes the folder's lock (a second run
+into the same folder is refused while the first one lives) and refuses a folder that already
+holds a run unless told to overwrite it; ``--overwrite`` deletes exactly the files the manifest
+records, never the user's own. Every file is written through a temporary name and a rename
+(:mod:`fedgmi.atomic`). :func:`create_unique_dir` makes default folder names unique even for
+runs started in the same second (the folder is created atomically, with a numeric suffix on
+collision).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import math
 import os
-import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,13 +41,21 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from fedgmi import run_folder
+from fedgmi.atomic import format_bytes, write_atomic
 from fedgmi.errors import ConfigError
 from fedgmi.metrics import is_one_to_one, learned_groups, matched_column_names
+from fedgmi.run_folder import holds_run
 
-RUN_FILES = ("config.yaml", "metrics.csv", "metrics.json", "proportions.csv", "component_accuracy.csv",
-             "checkpoints", "logs", "plots", "wandb", "tensorboard")
-"""What ``fit`` writes into a run folder: a folder holding any of these holds a run, and
-``--overwrite`` removes exactly these (and the ``test-*`` folders of ``fedgmi test``)."""
+__all__ = ["RunDirectory", "claim_run_dir", "create_unique_dir", "default_output_dir", "format_bytes", "holds_run",
+           "print_component_table", "print_summary", "timestamp"]
+
+RUN_OUTPUTS = ("config.yaml", "metrics.csv", "metrics.json", "proportions.csv", "component_accuracy.csv",
+               "checkpoints/last.ckpt", "logs/metrics.csv", "selection.json", "selection.csv", "selection.png",
+               *(f"plots/{name}.png" for name in ("proportions", "curves", "accuracy_vs_bytes", "component_accuracy",
+                                                  "samples", "reconstructions", "mixture")))
+"""Files a run writes under fixed names: in a folder whose manifest does not record them (the
+user's own files), their presence stops a claim, since the run would replace them."""
 
 
 def timestamp() -> str:
@@ -74,16 +88,18 @@ def create_unique_dir(path: str | Path) -> Path:
     raise FileExistsError(f"no free folder name next to {path}")
 
 
-def holds_run(path: Path) -> bool:
-    """Whether ``path`` already holds (part of) a run's outputs."""
-    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
-
-
 def check_writable_dir(key: str, path: str | Path) -> None:
     """Raise ConfigError (one line naming ``key``) unless ``path`` is a folder that exists and
     is writable, or could be created: its nearest existing ancestor is a writable folder.
     Creates nothing."""
     path = Path(path)
+    try:
+        _check_writable_dir(key, path)
+    except OSError as err:  # e.g. a name too long for the file system
+        raise ConfigError(path_error(key, path, err)) from None
+
+
+def _check_writable_dir(key: str, path: Path) -> None:
     probe = path
     while not probe.exists() and probe != probe.parent:
         if probe.is_symlink():  # a dangling link
@@ -103,34 +119,81 @@ def _pseudo_filesystem(path: Path) -> bool:
     return any(resolved == Path(p) or Path(p) in resolved.parents for p in ("/proc", "/sys"))
 
 
-def claim_run_dir(key: str, path: Path, overwrite: bool) -> Path:
-    """Make ``path`` the folder of a new run: created if missing; refused (one line) if it
-    already holds a run, unless ``overwrite``, which deletes that run's files (and only those:
-    :data:`RUN_FILES` and ``test-*`` folders) first.
+def claim_run_dir(key: str, path: Path, overwrite: bool, resume: bool = False, nested: bool = False) -> Path:
+    """Make ``path`` the folder of this process's run, created if missing, and lock it (the
+    lock lasts until the process ends or :func:`fedgmi.run_folder.release`).
+
+    Refused (one line) when another run holds the lock, when the folder lies inside another
+    run's folder, when it holds a run (unless ``overwrite``, which first deletes exactly what
+    that run's manifest records, or ``resume``, which continues it), and when it holds files
+    under the names a run writes that fedgmi has no record of writing (:data:`RUN_OUTPUTS`).
+    ``nested``: a run folder inside another run's (``test-<time>``), recorded in that run's
+    manifest so that replacing that run removes it too.
 
     Raises:
-        ConfigError: the folder holds a run (and no ``overwrite``), or cannot be created.
+        ConfigError: any of those, or a folder that cannot be created.
     """
-    check_writable_dir(key, path)
-    if holds_run(path):
-        if not overwrite:
-            raise ConfigError(f"{key} = {str(path)!r} already holds a run; resume it with --ckpt_path "
-                              f"{str(path / 'checkpoints' / 'last.ckpt')!r}, replace it with --overwrite, "
-                              "or give a new --output_dir")
-        for name in RUN_FILES:
-            target = path / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-        for sub in path.glob("test-*"):
-            if sub.is_dir() and (sub / "config.yaml").exists():
-                shutil.rmtree(sub)
+    check_claimable(key, path, overwrite, resume, nested)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        fd = run_folder.lock(path)
+    except run_folder.FolderInUse as err:
+        raise ConfigError(_in_use(key, path, err.pid)) from None
     except OSError as err:
-        raise ConfigError(f"{key} = {str(path)!r} cannot be created ({err.strerror or err})") from None
+        raise ConfigError(path_error(key, path, err)) from None
+    try:
+        check_claimable(key, path, overwrite, resume, nested, locked=True)  # again, under the lock
+        if overwrite and not resume and holds_run(path):
+            run_folder.remove_recorded(path)
+        run_folder.start(path, fd, keep=resume)
+        outer = run_folder.enclosing_run(path) if nested else None
+        if outer is not None:
+            run_folder.append(outer, [f"run\t{Path(os.path.abspath(path)).relative_to(outer)}"])
+    except BaseException:
+        run_folder.release(path, fd)
+        raise
     return path
+
+
+def check_claimable(key: str, path: Path, overwrite: bool, resume: bool = False, nested: bool = False,
+                    locked: bool = False) -> None:
+    """The read-only part of :func:`claim_run_dir` (no lock taken, nothing written): raise its
+    one-line refusals. ``locked``: this process holds the folder's lock (do not probe it)."""
+    check_writable_dir(key, path)
+    pid = None if locked else run_folder.holder(path)
+    if pid is not None:
+        raise ConfigError(_in_use(key, path, pid))
+    outer = None if nested else run_folder.enclosing_run(path)
+    if outer is not None:
+        raise ConfigError(f"{key} = {str(path)!r} lies inside the run folder {str(outer)!r}; "
+                          "give a folder outside it")
+    if resume or not path.is_dir():
+        return
+    if holds_run(path):
+        if overwrite:
+            return
+        last = path / "checkpoints" / "last.ckpt"
+        resume_hint = f"resume it with --ckpt_path {str(last)!r}, " if last.is_file() else ""
+        raise ConfigError(f"{key} = {str(path)!r} already holds a run; {resume_hint}replace it with --overwrite, "
+                          "or give a new --output_dir")
+    found = [name for name in RUN_OUTPUTS if (path / name).exists()]
+    if found:
+        raise ConfigError(f"{key} = {str(path)!r} holds files a run would replace ({', '.join(found[:4])}) that "
+                          "fedgmi has no record of writing (they stay, even with --overwrite); move them or give "
+                          "a new --output_dir")
+
+
+def _in_use(key: str, path: Path, pid: str) -> str:
+    return (f"{key} = {str(path)!r} is in use by another fedgmi run (process {pid or '?'}); "
+            "wait for it to end or give another --output_dir")
+
+
+def path_error(key: str, path: Path, err: OSError) -> str:
+    """One line for a folder that cannot be made (a name too long for the file system too)."""
+    if err.errno == errno.ENAMETOOLONG:
+        return (f"{key} = {str(path)[:60]!r}... ({len(str(path))} characters) is a name too long for the file "
+                "system; give a shorter path")
+    return f"{key} = {str(path)!r} cannot be created ({err.strerror or err})"
 
 
 class RunDirectory:
@@ -146,17 +209,18 @@ class RunDirectory:
         return self.path / "checkpoints" / "last.ckpt"
 
     def write_config(self, text: str) -> None:
-        (self.path / "config.yaml").write_text(text)
+        write_atomic(self.path / "config.yaml", text)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        """Append one evaluation row to metrics.csv (the first row fixes the columns)."""
+        """Add one evaluation row to metrics.csv (the first row fixes the columns); the file is
+        rewritten whole through a temporary file, so it always ends with a whole row."""
         path = self.path / "metrics.csv"
-        if self._csv_fields is None:
-            self._csv_fields = list(row)
-            with path.open("w", newline="") as f:
-                csv.DictWriter(f, self._csv_fields).writeheader()
-        with path.open("a", newline="") as f:
-            csv.DictWriter(f, self._csv_fields, extrasaction="ignore").writerow(row)
+        if self._csv_fields is None or not path.is_file():
+            self._csv_fields = self._csv_fields or list(row)
+            head = _csv_text(self._csv_fields, [])
+        else:
+            head = path.read_text()
+        write_atomic(path, head + _csv_text(self._csv_fields, [row], header=False))
 
     def truncate_metrics(self, rounds_done: int) -> None:
         """Resuming after ``rounds_done`` rounds: keep the metrics.csv rows of those rounds only
@@ -166,8 +230,7 @@ class RunDirectory:
             self._csv_fields = fields
 
     def write_metrics_json(self, metrics: dict[str, Any]) -> None:
-        with (self.path / "metrics.json").open("w") as f:
-            json.dump(_jsonable(metrics), f, indent=2, sort_keys=True)
+        write_atomic(self.path / "metrics.json", json.dumps(_jsonable(metrics), indent=2, sort_keys=True))
 
     def write_proportions(self, result, true: np.ndarray, names: list[str], unseen: set[int]) -> None:
         """proportions.csv: per client and TRUE component, the matched estimate (summed over the
@@ -175,13 +238,14 @@ class RunDirectory:
         is) and the truth."""
         groups = learned_groups(result.mapping, len(names))
         est = result.proportions_by_true
-        with (self.path / "proportions.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["client", "unseen", "component", "learned_component", "estimated", "true"])
-            for c in range(true.shape[0]):
-                for t, group in enumerate(groups):
-                    writer.writerow([c, int(c in unseen), names[t], "+".join(str(int(j)) for j in group),
-                                     f"{est[c, t]:.6f}", f"{true[c, t]:.6f}"])
+        f = io.StringIO(newline="")
+        writer = csv.writer(f)
+        writer.writerow(["client", "unseen", "component", "learned_component", "estimated", "true"])
+        for c in range(true.shape[0]):
+            for t, group in enumerate(groups):
+                writer.writerow([c, int(c in unseen), names[t], "+".join(str(int(j)) for j in group),
+                                 f"{est[c, t]:.6f}", f"{true[c, t]:.6f}"])
+        write_atomic(self.path / "proportions.csv", f.getvalue())
 
     def write_component_accuracy(self, result, names: list[str]) -> None:
         """component_accuracy.csv: rows (table, distribution), columns c0..cK-1, client_model.
@@ -193,13 +257,24 @@ class RunDirectory:
         one_to_one = is_one_to_one(result.mapping)
         columns = [f"c{j}" if one_to_one else f"c{j}>p{t}" for j, t in enumerate(result.mapping)]
         tables = (("raw", result.component_accuracy), ("matched", result.component_accuracy_matched))
-        with (self.path / "component_accuracy.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["table", "distribution", *columns, "client_model"])
-            for label, table in tables if one_to_one else tables[:1]:
-                for t in range(len(names)):
-                    writer.writerow([label, names[t], *[f"{v:.4f}" for v in table[t]],
-                                     f"{result.client_model_accuracy[t]:.4f}"])
+        f = io.StringIO(newline="")
+        writer = csv.writer(f)
+        writer.writerow(["table", "distribution", *columns, "client_model"])
+        for label, table in tables if one_to_one else tables[:1]:
+            for t in range(len(names)):
+                writer.writerow([label, names[t], *[f"{v:.4f}" for v in table[t]],
+                                 f"{result.client_model_accuracy[t]:.4f}"])
+        write_atomic(self.path / "component_accuracy.csv", f.getvalue())
+
+
+def _csv_text(fields: list[str], rows: list[dict[str, Any]], header: bool = True) -> str:
+    """CSV text of ``rows`` (columns ``fields``, extra keys ignored), with the header line."""
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, fields, extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return f.getvalue()
 
 
 def truncate_csv(path: Path, column: str, last: int) -> list[str] | None:
@@ -213,12 +288,7 @@ def truncate_csv(path: Path, column: str, last: int) -> list[str] | None:
         rows = [r for r in reader if r.get(column) not in (None, "") and int(float(r[column])) <= last]
     if not fields:
         return None
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_atomic(path, _csv_text(list(fields), rows))
     return list(fields)
 
 
@@ -232,14 +302,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def format_bytes(value: float) -> str:
-    """``1234567 -> "1.23 MB"`` (decimal units: B, kB, MB, GB)."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.2f} {unit}"
-    return f"{int(value)} B"
 
 
 def format_metric(key: str, value: float) -> str:
@@ -256,23 +318,36 @@ def format_metric(key: str, value: float) -> str:
 
 def print_summary(metrics: dict[str, Any], run_dir: Path, console: Console | None = None,
                   algorithm: str | None = None) -> None:
-    """A table of the final scalar metrics (titled with the algorithm's name), then where the
+    """A table of the final scalar metrics (titled with the algorithm's name), one line naming
+    those that do not apply (NaN, e.g. the mixture metrics of FedAvg: "n/a ..."), then where the
     outputs are."""
     table = Table(title=f"fedgmi: final metrics of {algorithm}" if algorithm else "fedgmi: final metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    missing = []
     for key, value in metrics.items():
         if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
-            table.add_row(key, format_metric(key, value.item() if isinstance(value, np.generic) else value))
+            value = value.item() if isinstance(value, np.generic) else value
+            if isinstance(value, float) and math.isnan(value):
+                missing.append(key)
+                continue
+            table.add_row(key, format_metric(key, value))
     console = console or Console()
     console.print(table)
+    if missing:  # e.g. the mixture metrics of an algorithm without a mixture: said once
+        console.print(f"n/a{f' for {algorithm}' if algorithm else ''}: {', '.join(missing)}")
     console.print(f"outputs: {run_dir}")
+
+
+def _cell(value: float) -> str:
+    """A table cell: 3 decimals, "-" where there is nothing (NaN: no such component)."""
+    return "-" if math.isnan(float(value)) else f"{value:.3f}"
 
 
 def print_component_table(result, names: list[str], console: Console | None = None) -> None:
     """The FedGMI paper's component-by-distribution table (matched): rows are the inherent
     distributions p0..pK-1, columns the components (c0..cK-1 matched; ``c{j}>p{t}`` under a
-    many-to-one map) and the client model."""
+    many-to-one map) and the client model; "-" where a component does not exist (FedAvg)."""
     table = Table(title="accuracy of each component's classifier on each inherent distribution (matched)")
     table.add_column("distribution")
     for column in matched_column_names(result.mapping):
@@ -280,6 +355,5 @@ def print_component_table(result, names: list[str], console: Console | None = No
     table.add_column("client model", justify="right")
     matched = result.component_accuracy_matched
     for t in range(len(names)):
-        table.add_row(f"p{t} ({names[t]})", *[f"{v:.3f}" for v in matched[t]],
-                      f"{result.client_model_accuracy[t]:.3f}")
+        table.add_row(f"p{t} ({names[t]})", *[_cell(v) for v in matched[t]], _cell(result.client_model_accuracy[t]))
     (console or Console()).print(table)

@@ -17,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from fedgmi.atomic import replacing
+
 FIGSIZE: tuple[float, float] = (6, 5)
 DPI: int = 100
 
@@ -35,11 +37,14 @@ def _new_figure() -> Figure:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Save ``fig`` as a PNG of exactly ``FIGSIZE * DPI`` pixels, release it, return the path."""
+    """Save ``fig`` as a PNG of exactly ``FIGSIZE * DPI`` pixels (through a temporary file and
+    a rename), release it, return the path."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, format="png")
-    fig.clear()
+    try:
+        with replacing(out) as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")
+    finally:
+        fig.clear()
     return out
 
 
@@ -173,41 +178,70 @@ def _plot_lines(
     title: str,
     xlabel: str,
     x_scale: float = 1.0,
+    rounds: int | None = None,
 ) -> Path:
+    """One line per key of ``y_keys`` against ``x_key``; the y-axis is named after the keys
+    drawn. ``rounds``: the x-axis is the round, with a tick for every round 1..rounds (thinned
+    to at most ~20 labels)."""
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    drawn = 0
+    drawn = []
     for key in y_keys:
         xs, ys = _series(rows, x_key, key)
         if not xs:
             continue
         ax.plot([x * x_scale for x in xs], ys, marker="o", markersize=3, label=key)
-        drawn += 1
+        drawn.append(key)
     ax.set_title(title)
-    if drawn == 0:
+    if not drawn:
         _empty_message(ax, "no metrics")
         return _save(fig, path)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("value")
+    ax.set_ylabel(y_label(drawn))
+    if rounds:
+        step = max(1, math.ceil(rounds / 20))
+        ax.set_xticks(range(1, rounds + 1, step) if step > 1 else range(1, rounds + 1))
+        ax.set_xlim(0.5, rounds + 0.5)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
 
 
+Y_UNITS = {"assignment_accuracy": "accuracy", "client_accuracy_mean": "accuracy", "nmi": "NMI",
+           "proportion_error_tv": "TV distance", "test_nll": "nats per sample", "train_neg_elbo": "nats per sample",
+           "train_cross_entropy": "nats per sample"}
+"""What each metric measures, to name a y-axis."""
+
+
+def y_label(keys: Sequence[str]) -> str:
+    """A y-axis title for the metrics drawn: the metric itself when one, else what they
+    measure (``accuracy, NMI, TV distance (0 to 1)`` for the usual curves)."""
+    if len(keys) == 1:
+        return keys[0].replace("_", " ")
+    measures = list(dict.fromkeys(Y_UNITS.get(k, k.replace("_", " ")) for k in keys))
+    unit_interval = all(Y_UNITS.get(k) in ("accuracy", "NMI", "TV distance") for k in keys)
+    return ", ".join(measures) + (" (0 to 1)" if unit_interval else "")
+
+
 def plot_metric_curves(
-    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], path: str | Path
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], path: str | Path, rounds: int | None = None
 ) -> Path:
-    """Plot one line per metric against the round.
+    """Plot one line per metric against the round, with a tick for every round of the run (a
+    point at every evaluated round; the title says how often that was).
 
     Args:
         rows: one dict per evaluation, each with a ``"round"`` key and float values.
         keys: metric names to plot; keys absent from every row (or non-finite) are skipped.
         path: where to write the PNG.
+        rounds: the run's rounds (default: the last row's round).
 
     Returns:
         The path written (a figure saying "no metrics" when no key is present).
     """
-    return _plot_lines(rows, "round", keys, path, "metrics over rounds", "round")
+    evaluated = sorted({int(float(r["round"])) for r in rows if "round" in r})
+    rounds = rounds or (evaluated[-1] if evaluated else None)
+    every = f" (evaluated at {len(evaluated)} of {rounds} rounds)" if rounds and len(evaluated) < rounds else ""
+    return _plot_lines(rows, "round", keys, path, "metrics over rounds" + every, "round", rounds=rounds)
 
 
 def plot_component_accuracy(
@@ -244,17 +278,19 @@ def plot_component_accuracy(
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(table, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label("accuracy (fraction correct)")
     for t in range(k):
         for j in range(table.shape[1]):
             value = table[t, j]
-            text = "nan" if not np.isfinite(value) else f"{value:.2f}"
+            text = "-" if not np.isfinite(value) else f"{value:.2f}"  # no such component
             colour = "black" if np.isfinite(value) and value > 0.6 else "white"
             ax.text(j, t, text, ha="center", va="center", color=colour, fontsize="small")
     ax.set_xticks(range(table.shape[1]))
     ax.set_xticklabels(columns + ["client model"], rotation=30, ha="right")
     ax.set_yticks(range(k))
     ax.set_yticklabels([f"p{t} ({names[t]})" for t in range(k)])
+    ax.set_xlabel("classifier: component (matched) or client model")
+    ax.set_ylabel("test data of inherent distribution")
     ax.set_title("accuracy per inherent distribution and component")
     fig.subplots_adjust(left=0.25, bottom=0.2)
     return _save(fig, path)

@@ -14,13 +14,15 @@ CURVE_KEYS = ("assignment_accuracy", "proportion_error_tv", "client_accuracy_mea
 
 
 @torch.no_grad()
-def write_plots(run_dir: Path, strategy, scenario, result, num_images: int = 8, seed: int = 0) -> dict[str, Path]:
+def write_plots(run_dir: Path, strategy, scenario, result, num_images: int = 8, seed: int = 0,
+                rounds: int | None = None) -> dict[str, Path]:
     """Write the run's PNGs and return them by name.
 
-    proportions (estimated vs true, per client and component), samples (a row of draws from
+    proportions (estimated vs true, per client and component; only for a strategy that models
+    a mixture: for the others the summary's mixture metrics say "n/a"), samples (a row of draws from
     each component VAE, in true-distribution order; VAE strategies only), reconstructions (test images of each
     inherent distribution and their reconstruction by its matched component), curves (metrics
-    over rounds, from metrics.csv), accuracy_vs_bytes (assignment_accuracy and
+    over rounds, from metrics.csv, a tick for each of the ``rounds``), accuracy_vs_bytes (assignment_accuracy and
     proportion_error_tv against cumulative uplink bytes) and component_accuracy (the matched table as a heatmap).
     """
     out = run_dir / "plots"
@@ -30,14 +32,15 @@ def write_plots(run_dir: Path, strategy, scenario, result, num_images: int = 8, 
     rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader((run_dir / "metrics.csv").open())]
     gen = torch.Generator(strategy.fabric.device).manual_seed(seed)
     written = {
-        "proportions": plots.plot_proportions(result.proportions_by_true,
-                                              scenario.truth.proportions.numpy(), names, out / "proportions.png"),
-        "curves": plots.plot_metric_curves(rows, CURVE_KEYS, out / "curves.png"),
+        "curves": plots.plot_metric_curves(rows, CURVE_KEYS, out / "curves.png", rounds),
         "accuracy_vs_bytes": plots.plot_accuracy_vs_bytes(rows, out / "accuracy_vs_bytes.png"),
         "component_accuracy": plots.plot_component_accuracy(
             result.component_accuracy_matched, result.client_model_accuracy, names, out / "component_accuracy.png",
             columns),
     }
+    if getattr(strategy, "models_mixture", True):  # FedAvg, Local, PFedGM, FedVTC: no mixture to draw
+        written["proportions"] = plots.plot_proportions(result.proportions_by_true, scenario.truth.proportions.numpy(),
+                                                        names, out / "proportions.png")
     if not hasattr(strategy, "load_vae"):  # peers without VAE components: no image plots
         return written
     samples, pairs, labels = [], [], []

@@ -6,6 +6,7 @@ CLI (:mod:`fedgmi.cli`), the Python API (:func:`fit`, :func:`test`, re-exported 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -13,12 +14,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import lightning
 import yaml
@@ -26,6 +27,7 @@ from jsonargparse import ArgumentParser, Namespace
 from rich.console import Console
 
 from fedgmi import tracking
+from fedgmi.atomic import WriteFailed, write_atomic
 from fedgmi.config_checks import (
     check_config_files,
     dropped_algorithm_options,
@@ -67,6 +69,7 @@ from fedgmi.run_config import (
     saved_config,
     subcommand_parser,
 )
+from fedgmi.run_folder import release
 from fedgmi.selection import check_selectable, print_selection, run_selection
 
 
@@ -130,7 +133,8 @@ def finish(p: Prepared, row: dict, result: Evaluation, wall_time_s: float, conso
              "component_accuracy_matched": result.component_accuracy_matched,
              "client_model_accuracy": dict(zip(names, result.client_model_accuracy))}
     p.run.write_metrics_json(final)
-    tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.seed))
+    tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.seed,
+                                          rounds=p.objs.federation.rounds))
     print_summary(final, p.run.path, console, algorithm=type(p.strategy).__name__)
     print_component_table(result, names, console)
     return final
@@ -205,6 +209,25 @@ class RunResult:
     metrics: dict[str, Any]
 
 
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def releasing(run: Callable[P, T]) -> Callable[P, T]:
+    """``run``, then (however it ends) this process's run folders unlocked (:mod:`fedgmi.run_folder`):
+    a process may run several times (the API, tests), into the same folder too."""
+
+    @functools.wraps(run)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return run(*args, **kwargs)
+        finally:
+            release()
+
+    return wrapper
+
+
+@releasing
 def run_fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> RunResult:
     """Train (or resume), evaluating and writing outputs and checkpoints along the way."""
     p = prepare(parser, cfg)
@@ -224,6 +247,10 @@ def run_fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> RunResu
     except TrainingDiverged as err:
         p.run.write_metrics_json({**last["row"], "status": "diverged", "error": str(err)})
         raise Stopped(f"training diverged at {err}; outputs so far are in {p.run.path}", 1) from None
+    except WriteFailed as err:
+        then = f"make room, then resume with: {resume}" if p.run.checkpoint_path.is_file() else \
+            f"no checkpoint was written yet: make room, then start again with --output_dir {p.run.path} --overwrite"
+        raise Stopped(f"error: {err}; {then}", 2) from None
     if result is None:
         raise ConfigError(f"nothing to do: the checkpoint is already at federation.rounds = {fed.rounds}")
     if not p.fabric.is_global_zero:
@@ -231,6 +258,7 @@ def run_fit(parser: ArgumentParser, cfg: Namespace, console: Console) -> RunResu
     return RunResult(p.run.path, finish(p, row, result, loop.elapsed_s, console))
 
 
+@releasing
 def run_test(parser: ArgumentParser, cfg: Namespace, console: Console) -> RunResult:
     """Evaluate a checkpoint with the run's config into a new folder (``test-<time>`` in the
     run, or ``--output_dir``): its own config, metrics, tables, plots and logs. The run's
@@ -258,6 +286,7 @@ def run_validate(parser: ArgumentParser, cfg: Namespace, console: Console) -> di
     return {}
 
 
+@releasing
 def run_select_k(parser: ArgumentParser, cfg: Namespace, console: Console) -> dict:
     """Choose K (:mod:`fedgmi.selection`): one run folder with a ``k<K>/`` folder per K (its
     config.yaml, runnable by ``fedgmi fit``, per-round metrics.csv, per-client held_out.csv),
@@ -280,7 +309,7 @@ def run_select_k(parser: ArgumentParser, cfg: Namespace, console: Console) -> di
             fit_cfg = k_cfg.clone()  # what `fedgmi fit` runs (on the full training parts), into a new folder
             del fit_cfg["selection"]
             fit_cfg.update(Namespace(SAVED_CONFIG_RESET))
-            (folder / "config.yaml").write_text(dump_config(fit_parser, fit_cfg))
+            write_atomic(folder / "config.yaml", dump_config(fit_parser, fit_cfg))
         return objs.algorithm, objs.channel
 
     try:

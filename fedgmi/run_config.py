@@ -40,15 +40,19 @@ from fedgmi.federated.evaluation import EvalConfig
 from fedgmi.federated.server import FederationConfig
 from fedgmi.federated.strategy import ProblemSpec, Strategy
 from fedgmi.outputs import (
+    check_claimable,
     check_writable_dir,
     claim_run_dir,
     create_unique_dir,
     default_output_dir,
+    holds_run,
+    path_error,
     timestamp,
 )
+from fedgmi.run_folder import is_training_run
 from fedgmi.selection import SelectionConfig
 from fedgmi.tracking import LoggingConfig
-from fedgmi.validation import check_choice, check_int
+from fedgmi.validation import MAX_SEED, check_choice, check_int
 
 ALGORITHMS = ("FedGMI", "FedAvg", "Local", "IFCA", "FedSoft", "FedEM", "FedGMM", "FedGenGMM", "Oracle", "PFedGM",
               "FedVTC")
@@ -57,6 +61,8 @@ ALGORITHMS = ("FedGMI", "FedAvg", "Local", "IFCA", "FedSoft", "FedEM", "FedGMM",
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 MAX_DEFAULT_THREADS = 4
+MAX_PROCESSES = 65_536
+"""The most devices, nodes or threads a config may ask for (torch's counts are C ints)."""
 """Torch threads per process when neither ``fabric.threads`` nor ``OMP_NUM_THREADS`` says: the
 models here are small, and more threads than that mostly spin (and starve parallel runs)."""
 
@@ -94,10 +100,10 @@ class FabricConfig:
     def __post_init__(self) -> None:
         check_choice("fabric.accelerator", self.accelerator, ACCELERATORS)
         check_choice("fabric.precision", self.precision, PRECISIONS)
-        check_int("fabric.devices", self.devices, 1)
-        check_int("fabric.num_nodes", self.num_nodes, 1)
+        check_int("fabric.devices", self.devices, 1, MAX_PROCESSES)
+        check_int("fabric.num_nodes", self.num_nodes, 1, MAX_PROCESSES)
         if self.threads is not None:
-            check_int("fabric.threads", self.threads, 1)
+            check_int("fabric.threads", self.threads, 1, MAX_PROCESSES)
 
     def num_threads(self) -> int:
         """The torch threads this process uses (see ``threads``)."""
@@ -119,6 +125,9 @@ class FabricConfig:
         if wanted not in ("auto", *present):
             raise ConfigError(f"fabric.accelerator = {self.accelerator!r} is not available on this machine; "
                               f"choose one of: auto, {', '.join(present)}")
+        if self.precision == "16-mixed" and (wanted == "cpu" or (wanted == "auto" and present == ["cpu"])):
+            raise ConfigError("fabric.precision = '16-mixed' needs a GPU (float16 AMP does not run on CPU); "
+                              "on CPU choose 32-true or bf16-mixed")
         if wanted == "cuda" and self.devices > CUDAAccelerator.auto_device_count():
             raise ConfigError(f"fabric.devices = {self.devices} but this machine has "
                               f"{CUDAAccelerator.auto_device_count()} CUDA device(s)")
@@ -161,7 +170,7 @@ def _run_parser(description: str, ckpt_help: str | None, overwrite: bool = False
     ``ckpt_help`` is given, ``--overwrite`` when asked."""
     parser = ArgumentParser(description=description, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the run (training and evaluation), >= 0")
+    parser.add_argument("--seed", type=int, default=0, help=f"seed of the run (training and evaluation), 0..{MAX_SEED}")
     parser.add_argument("--output_dir", type=str | None, default=None,
                         help="run directory (default runs/<dataset>-<algorithm>-<time>, unique; when resuming, "
                              "the checkpoint's run directory; for test, a new test-<time> folder in it)")
@@ -219,7 +228,7 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, Scen
     Writes nothing."""
     sub_parser = subcommand_parser(parser, cfg.subcommand)
     sub_cfg = cfg[cfg.subcommand]
-    check_int("seed", sub_cfg.seed, 0)
+    check_int("seed", sub_cfg.seed, 0, MAX_SEED)
     check_optimizers(sub_cfg)  # before the algorithm builds them: the message names the full key
     algorithm = sub_cfg.get("algorithm")
     cls = import_class(algorithm.class_path) if isinstance(algorithm, Namespace) and \
@@ -236,6 +245,9 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, Scen
     if checkpoint and checkpoint["loop"]["next_round"] > objs.federation.rounds:
         raise ConfigError(f"checkpoint {sub_cfg.ckpt_path!r} is at round {checkpoint['loop']['next_round']}, "
                           f"past federation.rounds = {objs.federation.rounds}")
+    if checkpoint and cfg.subcommand == "fit" and checkpoint["loop"]["next_round"] == objs.federation.rounds:
+        raise ConfigError(f"nothing to do: checkpoint {sub_cfg.ckpt_path!r} is at federation.rounds = "
+                          f"{objs.federation.rounds} already (raise federation.rounds to train on)")
     if objs.scenario.seed is None:  # scenario.seed: null follows the run's seed
         objs.scenario.seed = sub_cfg.seed
         sub_cfg.scenario.seed = sub_cfg.seed
@@ -287,12 +299,11 @@ def _check_output(subcommand: str, sub_cfg: Namespace) -> None:
         check_writable_dir("output_dir", path)
         resuming_here = subcommand == "fit" and ckpt_run is not None and path.exists() and \
             _same_path(path, ckpt_run)
-        if subcommand != "validate" and not resuming_here and not sub_cfg.get("overwrite") and _env_rank() == 0:
-            from fedgmi.outputs import holds_run
-            if holds_run(path) and subcommand == "select_k":
-                raise ConfigError(f"output_dir = {str(path)!r} already holds a run; give a new --output_dir")
-            if holds_run(path):
-                claim_run_dir("output_dir", path, overwrite=False)  # raises the one-line refusal
+        if subcommand == "validate" or _env_rank() != 0 or (subcommand == "test" and is_training_run(path)):
+            return
+        if subcommand == "select_k" and holds_run(path):
+            raise ConfigError(f"output_dir = {str(path)!r} already holds a run; give a new --output_dir")
+        check_claimable("output_dir", path, bool(sub_cfg.get("overwrite")), resume=resuming_here)
     elif subcommand == "test" and ckpt_run is not None:
         check_writable_dir("output_dir", ckpt_run)
     elif not (subcommand == "fit" and ckpt_run is not None):
@@ -309,30 +320,35 @@ def _env_rank() -> int:
 
 
 def run_path(subcommand: str, sub_cfg: Namespace, objs: Namespace) -> Path:
-    """The run folder, created (atomically, rank 0 only): ``--output_dir`` (refused if it holds
-    another run, unless ``--overwrite``); else, resuming, the checkpoint's run folder; else, for
-    test, a new ``test-<time>`` folder in the checkpoint's run; else a new unique
+    """The run folder, created (atomically) and claimed (locked, with a fresh manifest; rank 0
+    only, see :func:`fedgmi.outputs.claim_run_dir`): ``--output_dir`` (refused if it holds
+    another run, unless ``--overwrite``; for test, a folder holding a training run gets a new
+    ``test-<time>`` folder in it); else, resuming, the checkpoint's run folder; else, for test,
+    a new ``test-<time>`` folder in the checkpoint's run; else a new unique
     ``runs/<dataset>-<algorithm>-<time>``."""
     create = _env_rank() == 0
     ckpt_run = _run_dir_of(sub_cfg.get("ckpt_path"))
     name = f"{objs.scenario.dataset_name}-{type(objs.algorithm).__name__.lower()}"
+    target = None
     if sub_cfg.output_dir:
         path = Path(sub_cfg.output_dir)
         if subcommand == "fit" and ckpt_run is not None and path.exists() and _same_path(path, ckpt_run):
-            return path
-        return claim_run_dir("output_dir", path, bool(sub_cfg.get("overwrite"))) if create else path
-    if subcommand == "fit" and ckpt_run is not None:
-        return ckpt_run
-    if subcommand == "test":
+            return claim_run_dir("output_dir", path, False, resume=True) if create else path
+        if not (subcommand == "test" and is_training_run(path)):  # test never writes a fit's own files
+            return claim_run_dir("output_dir", path, bool(sub_cfg.get("overwrite"))) if create else path
+        target = path / f"test-{timestamp()}"
+    elif subcommand == "fit" and ckpt_run is not None:
+        return claim_run_dir("output_dir", ckpt_run, False, resume=True) if create else ckpt_run
+    elif subcommand == "test":
         target = (ckpt_run / f"test-{timestamp()}") if ckpt_run is not None else default_output_dir(name + "-test")
-    else:
-        target = default_output_dir(name)
+    target = target or default_output_dir(name)
     if not create:
         return target
     try:
-        return create_unique_dir(target)
+        created = create_unique_dir(target)
     except OSError as err:
-        raise ConfigError(f"output_dir = {str(target)!r} cannot be created ({err.strerror or err})") from None
+        raise ConfigError(path_error("output_dir", target, err)) from None
+    return claim_run_dir("output_dir", created, False, nested=subcommand == "test")
 
 
 UNSERIALIZABLE_NONE = "Unable to serialize instance None"

@@ -54,6 +54,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import inspect
+import io
 import json
 import math
 import time
@@ -64,10 +65,12 @@ from pathlib import Path
 import lightning
 import numpy as np
 import torch
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedgmi.atomic import write_atomic
 from fedgmi.errors import ConfigError
 from fedgmi.federated.channel import Channel
 from fedgmi.federated.evaluation import EvalConfig
@@ -476,19 +479,20 @@ CSV_FIELDS = ("k", "nll", "se", "bits_per_dim", "wall_s", "bytes_up", "bytes_dow
 def _write_k(folder: Path, result: KResult, scores: dict[int, ClientScore]) -> None:
     """A K folder's metrics.json (its row) and held_out.csv (client, count, sum and mean of
     nats, cross-entropy sum, correct)."""
-    (folder / "metrics.json").write_text(json.dumps(result.row(), indent=2))
-    with (folder / "held_out.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["client", "count", "nats_sum", "nll", "cross_entropy_sum", "correct"])
-        for cid, v in scores.items():
-            writer.writerow([cid, v.count, f"{v.nats:.6f}", f"{v.nats / v.count:.6f}", f"{v.cross_entropy:.6f}",
-                             v.correct])
+    write_atomic(folder / "metrics.json", json.dumps(result.row(), indent=2))
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(["client", "count", "nats_sum", "nll", "cross_entropy_sum", "correct"])
+    for cid, v in scores.items():
+        writer.writerow([cid, v.count, f"{v.nats:.6f}", f"{v.nats / v.count:.6f}", f"{v.cross_entropy:.6f}",
+                         v.correct])
+    write_atomic(folder / "held_out.csv", f.getvalue())
 
 
 def write_selection(run_dir: Path, found: Selection) -> dict[str, Path]:
     """selection.json, selection.csv and selection.png in ``run_dir``; returns their paths."""
     paths = {name: run_dir / f"selection.{name}" for name in ("json", "csv", "png")}
-    paths["json"].write_text(json.dumps(found.to_json(), indent=2))
+    write_atomic(paths["json"], json.dumps(found.to_json(), indent=2))
     write_curve_csv(paths["csv"], found.results)
     plot_selection(found, paths["png"])
     return paths
@@ -496,10 +500,11 @@ def write_selection(run_dir: Path, found: Selection) -> dict[str, Path]:
 
 def write_curve_csv(path: Path, results: Sequence[KResult]) -> None:
     """selection.csv: one row per K (:data:`CSV_FIELDS`)."""
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(r.row() for r in results)
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(r.row() for r in results)
+    write_atomic(path, f.getvalue())
 
 
 def plot_selection(found: Selection, path: Path) -> Path:
@@ -529,17 +534,22 @@ def plot_selection(found: Selection, path: Path) -> Path:
 
 
 def print_selection(found: Selection, run_dir: Path, console: Console) -> None:
-    """The curve as a table, then the chosen K and where the outputs are."""
-    table = Table(title=f"fedgmi select_k: held-out scores of {found.algorithm} by K")
-    for name in ("K", "NLL (nats/sample)", "SE", "- best (paired SE)", "bits/dim", "cross-entropy", "SE", "accuracy",
-                 "wall s", "bytes up", "bytes down"):
-        table.add_column(name, justify="right")
+    """The curve as two tables that fit 80 columns (held-out scores by K; then the cost of
+    each K: wall time and bytes), then the chosen K and where the outputs are."""
+    scores = Table(title=f"select_k: held-out scores of {found.algorithm} (nats per sample)", box=box.SIMPLE_HEAD,
+                   padding=(0, 1), pad_edge=False)
+    for name in ("K", "NLL +- SE", "vs best (SE)", "bits/dim", "cross-ent. +- SE", "accuracy"):
+        scores.add_column(name, justify="right", no_wrap=True)
+    cost = Table(title="cost of each K", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for name in ("K", "wall time", "bytes up", "bytes down"):
+        cost.add_column(name, justify="right", no_wrap=True)
     for r in found.results:
-        mark = " *" if r.k == found.chosen_k else ""
+        k = f"{r.k}{' *' if r.k == found.chosen_k else ''}"
         diff, diff_se = r.paired_difference(found.best, found.criterion)
-        table.add_row(f"{r.k}{mark}", f"{r.nll:.3f}", f"{r.se:.3f}", f"{diff:+.3f} ({diff_se:.3f})", f"{r.bits_per_dim:.4f}",
-                      f"{r.val_cross_entropy:.4f}", f"{r.ce_se:.4f}", f"{r.val_accuracy:.3f}", f"{r.wall_s:.1f}",
-                      format_bytes(r.bytes_up), format_bytes(r.bytes_down))
-    console.print(table)
-    console.print(f"chosen K = {found.chosen_k} ({found.rule()}; best K = {found.best.k})")
+        scores.add_row(k, f"{r.nll:.2f} +- {r.se:.2f}", f"{diff:+.2f} ({diff_se:.2f})", f"{r.bits_per_dim:.4f}",
+                       f"{r.val_cross_entropy:.3f} +- {r.ce_se:.3f}", f"{r.val_accuracy:.3f}")
+        cost.add_row(k, f"{r.wall_s:.1f} s", format_bytes(r.bytes_up), format_bytes(r.bytes_down))
+    console.print(scores)
+    console.print(cost)
+    console.print(f"chosen K = {found.chosen_k} (*; {found.rule()}; best K = {found.best.k})")
     console.print(f"outputs: {run_dir}")

@@ -14,6 +14,9 @@ appends after them (Fabric's own CSV writer deletes an existing file); W&B rows 
 
 from __future__ import annotations
 
+import csv
+import importlib.util
+import io
 import netrc
 import os
 from dataclasses import dataclass
@@ -24,8 +27,10 @@ import lightning
 from lightning.fabric.loggers import CSVLogger, Logger
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 
+from fedgmi.atomic import write_atomic
 from fedgmi.errors import ConfigError
 from fedgmi.outputs import truncate_csv
+from fedgmi.run_folder import record
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -50,6 +55,19 @@ class LoggingConfig:
     def __post_init__(self) -> None:
         if self.wandb_mode is not None and self.wandb_mode not in WANDB_MODES:
             raise ConfigError(f"logging.wandb_mode = {self.wandb_mode!r}; choose one of: {', '.join(WANDB_MODES)}")
+        for key, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+            if getattr(self, key) is True and not (_installed(package) or key == "tensorboard" and
+                                                   _installed("tensorboardX")):
+                raise ConfigError(f"logging.{key} = true needs the package {package!r}, which is not installed: "
+                                  f"pip install {package} (or set logging.{key} false)")
+
+
+def _installed(package: str) -> bool:
+    """Whether ``package`` can be imported (looked up, not imported)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def metric_key(key: str) -> str:
@@ -86,13 +104,29 @@ def _netrc_has_wandb() -> bool:
 
 class _AppendingWriter(_ExperimentWriter):
     """Fabric's CSV writer, except that an existing ``metrics.csv`` is continued (its header
-    kept) instead of deleted."""
+    kept) instead of deleted, and each save rewrites the file whole through a temporary file
+    and a rename (a full disk leaves the rows saved before, never half a row)."""
 
     def _check_log_dir_exists(self) -> None:
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as f:
                 header = f.readline().strip()
             self.metrics_keys = header.split(",") if header else []
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        self._record_new_keys()
+        rows = []
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows([*rows, *self.metrics])
+        write_atomic(self.metrics_file_path, buffer.getvalue())
+        self.metrics = []
 
 
 class RunCSVLogger(CSVLogger):
@@ -139,17 +173,24 @@ def build_loggers(config: LoggingConfig, run_dir: Path, run_name: str,
         try:
             from lightning.fabric.loggers import TensorBoardLogger
             loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
-        except ModuleNotFoundError as err:
-            raise ConfigError(f"logging.tensorboard = true needs {err.name!r}: pip install tensorboard") from None
+            record(Path(run_dir) / "tensorboard", "tree")
+        except ModuleNotFoundError:
+            raise ConfigError("logging.tensorboard = true needs the package 'tensorboard', which is not installed: "
+                              "pip install tensorboard (or set logging.tensorboard false)") from None
     if config.wandb:
         mode, note = wandb_mode(config)
         if note:
             notes.append(note)
         if mode != "disabled":
-            from wandb.integration.lightning.fabric import WandbLogger
+            try:
+                from wandb.integration.lightning.fabric import WandbLogger
+            except ModuleNotFoundError:
+                raise ConfigError("logging.wandb = true needs the package 'wandb', which is not installed: "
+                                  "pip install wandb (or set logging.wandb false)") from None
             resume = {"id": wandb_id, "resume": "allow"} if wandb_id else {}
             loggers.append(WandbLogger(project=config.wandb_project, name=run_name, save_dir=str(run_dir),
                                        offline=mode == "offline", mode=mode, **resume))
+            record(Path(run_dir) / "wandb", "tree")
     return loggers, notes
 
 

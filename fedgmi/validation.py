@@ -9,6 +9,9 @@ from typing import TypeGuard
 
 from fedgmi.errors import ConfigError
 
+MAX_SEED = 2**32 - 1
+"""The largest seed (numpy's and Lightning's seeds are 32-bit)."""
+
 
 def is_int(value: object) -> TypeGuard[int]:
     """An integer that is not a bool."""
@@ -20,10 +23,11 @@ def is_real(value: object) -> TypeGuard[float]:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_int(name: str, value: object, low: int) -> None:
-    """Raise ConfigError unless ``value`` is an integer >= ``low``."""
-    if not is_int(value) or value < low:
-        raise ConfigError(f"{name} = {value!r} must be an integer >= {low}")
+def check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    """Raise ConfigError unless ``value`` is an integer >= ``low`` (and <= ``high`` if given)."""
+    if not is_int(value) or value < low or (high is not None and value > high):
+        allowed = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} = {value!r} must be an integer {allowed}")
 
 
 def check_number(name: str, value: object, low: float = -math.inf, high: float = math.inf,
@@ -33,8 +37,15 @@ def check_number(name: str, value: object, low: float = -math.inf, high: float =
     ok = is_real(value) and math.isfinite(value) and low <= value <= high
     ok = ok and not (low_open and value == low) and not (high_open and value == high)
     if not ok:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ConfigError(f"{name} = {value!r} must be a finite number in {interval}")
+        if math.isinf(high) and math.isinf(low):
+            allowed = "a finite number"
+        elif math.isinf(high):
+            allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
+        elif math.isinf(low):
+            allowed = f"a finite number {'<' if high_open else '<='} {high:g}"
+        else:
+            allowed = f"a finite number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{name} = {value!r} must be {allowed}")
 
 
 def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -113,3 +113,47 @@ def test_runs_vs_bytes(tmp_path: Path) -> None:
 
     runs = {f"setting{i}": rows(2 ** i) for i in range(12)}  # more runs than colours
     _check_png(plots.plot_runs_vs_bytes(runs, tmp_path / "runs.png"))
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list[dict]:
+    """What each figure saved shows: per axes, x and y titles and x ticks."""
+    shown, save = [], plots._save
+
+    def keep(fig, path):
+        shown.append([{"x": ax.get_xlabel(), "y": ax.get_ylabel(), "xticks": list(ax.get_xticks())}
+                      for ax in fig.axes])
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return shown
+
+
+def test_the_heatmap_names_its_axes_and_its_colour_bar(tmp_path: Path, drawn) -> None:
+    plots.plot_component_accuracy(np.eye(3), np.ones(3), ["a", "b", "c"], tmp_path / "h.png")
+    (heatmap, colour_bar), = drawn
+    assert heatmap["x"] and heatmap["y"] and colour_bar["y"] == "accuracy (fraction correct)"
+
+
+def test_curves_tick_every_round_and_name_the_y_axis(tmp_path: Path, drawn) -> None:
+    rows = [{"round": r, "assignment_accuracy": 0.1 * r, "nmi": 0.05 * r} for r in (5, 10)]
+    plots.plot_metric_curves(rows, ["assignment_accuracy", "nmi"], tmp_path / "c.png", rounds=10)
+    (curves,), = drawn
+    assert [int(t) for t in curves["xticks"]] == list(range(1, 11))
+    assert curves["y"] == "accuracy, NMI (0 to 1)"
+
+
+def test_the_select_k_tables_fit_80_columns() -> None:
+    from rich.console import Console
+
+    from fedgmi.selection import ClientScore, KResult, Selection, print_selection
+
+    results = [KResult(k, 300.0 - 10 * k, 1.234, 0.5412, 123.4, 12_345_678, 23_456_789, 1000, 2000, 0.4321,
+                       0.8123, 0.0123, {c: ClientScore(30000.0 + c, 100, 50.0, 80) for c in range(3)})
+               for k in range(1, 6)]
+    found = Selection(results, 0, 1.0, 0.2, "FedGMI", 64, 3, "nll", "paired").choose()
+    console = Console(width=80, record=True)
+    print_selection(found, Path("/tmp/run"), console)
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "290.00 +- 1.23" in text and "23.46 MB" in text

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from fedgmi.cli import main
-from fedgmi.outputs import claim_run_dir, create_unique_dir
+from fedgmi.outputs import create_unique_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config", str(ROOT / "configs" / "pm_digits.yaml"), "--federation.rounds", "2",
@@ -23,9 +23,11 @@ TINY = ["--config", str(ROOT / "configs" / "pm_digits.yaml"), "--federation.roun
 
 
 def md5s(folder: Path, skip: str | None = None) -> dict[str, str]:
+    """Every file's digest, but the run's lock and manifest (.fedgmi/) and, with ``skip``, the
+    folders whose names start with it."""
     return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not (skip and p.relative_to(folder).parts[0]
-                                                                        .startswith(skip))}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).parts[0] != ".fedgmi"
+            and not (skip and p.relative_to(folder).parts[0].startswith(skip))}
 
 
 @pytest.fixture(scope="module")
@@ -59,24 +61,37 @@ def test_the_saved_config_pins_no_folder_and_runs_again_into_a_new_one(finished_
     assert md5s(finished_run) == before
 
 
-def test_overwrite_replaces_only_the_runs_files(tmp_path):
-    out = tmp_path / "run"
-    for name in ("config.yaml", "metrics.csv", "checkpoints/round-0009.ckpt", "test-1/config.yaml"):
+def test_fit_overwrite_into_a_folder_of_the_users_files_keeps_them(tmp_path, capsys):
+    out = tmp_path / "exp"  # the issue's recipe: the user's own logs/ and plots/, no fedgmi run
+    for name, text in (("logs/my_experiment.log", "mine"), ("plots/my_figure.png", "my figure")):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text("old")
-    (out / "notes.txt").write_text("mine")
-    claim_run_dir("output_dir", out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+        (out / name).write_text(text)
+    for overwrite in ([], ["--overwrite"], ["--overwrite"]):  # into the folder, then replacing that run twice
+        code, err = run_cli(["fit", *TINY, "--federation.rounds", "1", "--output_dir", str(out), *overwrite], capsys)
+        assert code == 0, err
+    assert (out / "logs" / "my_experiment.log").read_text() == "mine"
+    assert (out / "plots" / "my_figure.png").read_text() == "my figure"
+    assert (out / "logs" / "metrics.csv").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_test_into_the_training_run_with_overwrite_changes_no_training_file(finished_run, capsys):
+    before = md5s(finished_run, skip="test-")
+    code, err = run_cli(["test", "--config", str(finished_run / "config.yaml"), "--ckpt_path",
+                         str(finished_run / "checkpoints" / "last.ckpt"), "--output_dir", str(finished_run),
+                         "--overwrite"], capsys)
+    assert code == 0, err
+    assert md5s(finished_run, skip="test-") == before
+    assert any((p / "metrics.json").is_file() for p in finished_run.glob("test-*"))
 
 
 def test_test_writes_into_a_new_subfolder_and_changes_no_training_file(finished_run, capsys):
-    before = md5s(finished_run)
+    before, earlier = md5s(finished_run, skip="test-"), set(finished_run.glob("test-*"))
     for _ in range(2):  # twice: two folders, even within one second
         code, err = run_cli(["test", "--config", str(finished_run / "config.yaml"),
                              "--ckpt_path", str(finished_run / "checkpoints" / "last.ckpt")], capsys)
         assert code == 0, err
     assert md5s(finished_run, skip="test-") == before
-    tests = sorted(p for p in finished_run.iterdir() if p.name.startswith("test-"))
+    tests = sorted(p for p in finished_run.iterdir() if p.name.startswith("test-") and p not in earlier)
     assert len(tests) == 2
     for folder in tests:
         assert {"config.yaml", "metrics.csv", "metrics.json", "proportions.csv", "component_accuracy.csv",

@@ -22,7 +22,7 @@ from fedgmi.federated.class_statistics import ClassStatistics
 from fedgmi.federated.messages import ClientReply, ClientTask, derive_seed
 from fedgmi.federated.strategy import ClientState, ProblemSpec, Strategy
 from fedgmi.federated.worker import ClientWorker, LocalTraining, OptimizerFactory, initial_vectors
-from fedgmi.models.features import CNNFeatures, MLPFeatures
+from fedgmi.models.features import CNNFeatures, MLPFeatures, cnn_fits
 from fedgmi.models.heads import weighted_cross_entropy
 from fedgmi.models.vtc import VTCGenerator, gaussian_kl, sample_class_latents, vtc_terms
 from fedgmi.validation import check_choice, check_int, check_number
@@ -171,6 +171,11 @@ class FedVTC(Strategy):
     # ------------------------------------------------------------------ models
     def build_model(self, architecture: str) -> FeatureClassifier:
         """A fresh f = h o g of the given architecture."""
+        if architecture == "cnn" and not cnn_fits(self.spec.image_shape):
+            shape = "x".join(str(int(n)) for n in self.spec.image_shape)
+            raise ConfigError(f"algorithm.init_args.architectures = {list(self.architectures)!r}: 'cnn' needs images of "
+                              f"at least 12 x 12 pixels, these are {shape}; give --algorithm.init_args.architectures "
+                              "'[mlp]' (or a dataset of larger images)")
         features = ARCHITECTURES[architecture](self.spec.image_shape, self.feature_dim)
         return FeatureClassifier(features, self.spec.num_classes)
 

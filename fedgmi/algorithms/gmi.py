@@ -60,7 +60,7 @@ from fedgmi.models.component_classifiers import (
     mixture_of_experts_nll,
     responsibility_weighted_cross_entropy,
 )
-from fedgmi.models.features import CNNFeatures, MLPFeatures
+from fedgmi.models.features import fitting_features
 from fedgmi.models.heads import MLPClassifier
 from fedgmi.models.personalized import PersonalizedMixture, density_weight_scores
 from fedgmi.models.vae import mlp
@@ -101,9 +101,7 @@ def default_body(image_shape: Sequence[int]) -> torch.nn.Module:
     """FedGMI's default classifier body: :class:`~fedgmi.models.features.CNNFeatures` (64
     features, channels (8, 16): the conv body of ``configs/pm_mnist_paper.yaml``'s CNN) for
     images of at least 12 x 12, else :class:`~fedgmi.models.features.MLPFeatures` (200-64)."""
-    if len(image_shape) == 3 and min(image_shape[1:]) >= 12:
-        return CNNFeatures(image_shape, feature_dim=64, channels=(8, 16))
-    return MLPFeatures(image_shape, feature_dim=64, hidden_dims=(200,))
+    return fitting_features(image_shape, feature_dim=64)
 
 
 class FedGMI(ParameterVectorStrategy):

@@ -26,7 +26,7 @@ from fedgmi.federated.strategy import (
     check_aggregation,
 )
 from fedgmi.federated.worker import ClientWorker, LocalTraining, OptimizerFactory, initial_vectors
-from fedgmi.models.features import CNNFeatures
+from fedgmi.models.features import fitting_features
 from fedgmi.models.gaussian_classifier import (
     ExtractorFactory,
     NavigatorNet,
@@ -95,7 +95,8 @@ class PFedGM(ParameterVectorStrategy):
     - Prediction uses the extractor of the current global theta (shared, as the paper).
 
     Args:
-        extractor: Builds phi from image_shape (default CNNFeatures 8-16, d = 64).
+        extractor: Builds phi from image_shape (default: CNNFeatures 8-16, d = 64, for images of
+            at least 12 x 12, else MLPFeatures 200-64; see ``fitting_features``).
         optimizer, local_epochs, batch_size, optimizer_state: as
             :class:`~fedgmi.federated.worker.LocalTraining`.
         compactness: lambda >= 0, weight of the intra-class compactness term.
@@ -129,7 +130,7 @@ class PFedGM(ParameterVectorStrategy):
         check_choice("algorithm.init_args.head_covariance", head_covariance, HEAD_COVARIANCES)
         check_choice("algorithm.init_args.fusion_variance", fusion_variance, FUSION_VARIANCES)
         self.fusion_variance = fusion_variance
-        self.extractor_factory = extractor or CNNFeatures
+        self.extractor_factory = extractor or fitting_features
         self.compactness, self.margin, self.synthetic_ratio = float(compactness), float(margin), float(synthetic_ratio)
         self.prior_strength, self.variance_floor = float(prior_strength), float(variance_floor)
         self.head_covariance = head_covariance

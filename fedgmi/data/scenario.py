@@ -30,6 +30,7 @@ import torch
 from fedgmi.data.datasets import DATASET_INFO, DATASETS, BaseDataset, load_base_dataset
 from fedgmi.data.shifts import Rotation, Shift, check_angles, resize_images, rotate_images
 from fedgmi.errors import ConfigError
+from fedgmi.validation import MAX_SEED
 from fedgmi.validation import is_int as _is_int
 from fedgmi.validation import is_real as _is_real
 
@@ -123,8 +124,8 @@ class ScenarioConfig:
         tf = self.test_fraction
         if not _is_real(tf) or not 0.0 < tf < 1.0:
             raise ConfigError(f"test_fraction = {tf!r} must be a number strictly between 0 and 1")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
-            raise ConfigError(f"seed = {self.seed!r} must be an integer >= 0")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            raise ConfigError(f"seed = {self.seed!r} must be an integer in 0..{MAX_SEED} (or null: the run's seed)")
 
     @property
     def dataset_name(self) -> str:

@@ -36,6 +36,7 @@ shift (the corruption noise, Dirichlet class distributions) comes from the scena
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from abc import ABC, abstractmethod
@@ -176,6 +177,10 @@ class Shift(ABC):
 
 
 # ---------------------------------------------------------------------------- rotation
+ANGLE_TOLERANCE = 1e-6
+"""Degrees within which two angles (mod 360) are the same rotation."""
+
+
 def check_angles(angles, key: str) -> list[float]:
     """Validated list of distinct (mod 360) finite angles in degrees.
 
@@ -187,10 +192,12 @@ def check_angles(angles, key: str) -> list[float]:
     for i, a in enumerate(angles):
         if not _is_real(a) or not math.isfinite(a):
             raise ConfigError(f"{key}[{i}] = {a!r} must be a finite number of degrees")
-    turns = [float(a) % 360.0 for a in angles]
-    if len(set(turns)) != len(turns):
+    turns = sorted(float(a) % 360.0 for a in angles)  # the same rotation when within 1e-6 degree, mod 360
+    gaps = [b - a for a, b in itertools.pairwise([*turns, turns[0] + 360.0])] if len(turns) > 1 else [360.0]
+    if min(gaps) < ANGLE_TOLERANCE:
         raise ConfigError(
-            f"{key} = {list(angles)!r} repeat a rotation (equal modulo 360); every component needs its own angle"
+            f"{key} = {list(angles)!r} repeat a rotation (equal modulo 360, within {ANGLE_TOLERANCE:g} degree); "
+            "every component needs its own angle"
         )
     return [float(a) for a in angles]
 

@@ -12,11 +12,11 @@ proportions, sample counts, seeds, and a fingerprint of the data actually drawn)
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import pickle
 import random
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import lightning
 import numpy as np
 import torch
 
+from fedgmi.atomic import copy_atomic, replacing
 from fedgmi.data.shifts import Shift
 from fedgmi.errors import ConfigError
 
@@ -33,14 +34,27 @@ CHECKPOINT_FORMAT = "fedgmi-checkpoint-v2"  # v2: the channel's state under "cha
 
 def save_checkpoint(fabric: lightning.Fabric, path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` (plus a format tag) to ``path`` via a temporary file and a rename, so a
-    crash never leaves a half-written checkpoint. Returns the path."""
+    crash or a full disk never leaves a half-written checkpoint (the previous one stays whole).
+    Returns the path.
+
+    Raises:
+        WriteFailed: no room for it (one line: the file, its size, the room there was).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fabric.save(tmp, {"format": CHECKPOINT_FORMAT, **state})  # written by rank 0 (all ranks call)
-    if fabric.is_global_zero:
-        os.replace(tmp, path)
+    state = {"format": CHECKPOINT_FORMAT, **state}
+    if not fabric.is_global_zero:
+        fabric.save(path.with_name(path.name + ".tmp"), state)  # the collective call; rank 0 writes
+        return path
+    with replacing(path, lambda: _serialized_size(state)) as tmp:
+        fabric.save(tmp, state)
     return path
+
+
+def _serialized_size(state: dict[str, Any]) -> int:
+    """The bytes ``state`` takes as a checkpoint (written to memory)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.tell()
 
 
 def save_round_checkpoint(fabric: lightning.Fabric, folder: Path, rounds_done: int,
@@ -50,9 +64,7 @@ def save_round_checkpoint(fabric: lightning.Fabric, folder: Path, rounds_done: i
     path = save_checkpoint(fabric, folder / f"round-{rounds_done:04d}.ckpt", state)
     if not fabric.is_global_zero:
         return path
-    tmp = folder / "last.ckpt.tmp"
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, folder / "last.ckpt")
+    copy_atomic(path, folder / "last.ckpt")
     for old in sorted(folder.glob("round-*.ckpt"))[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -65,8 +77,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ConfigError: a missing, truncated or foreign file (one line saying which).
     """
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoints" / "last.ckpt"
+        hint = f", e.g. {str(inside)!r}" if inside.is_file() else " (a .ckpt file written by fedgmi fit)"
+        raise ConfigError(f"ckpt_path = {str(path)!r} is a folder; give a checkpoint file{hint}")
     if not path.is_file():
-        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+        raise ConfigError(f"ckpt_path = {str(path)!r}: the checkpoint does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:  # truncated/foreign

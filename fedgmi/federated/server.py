@@ -26,13 +26,16 @@ from fedgmi.federated.strategy import Strategy
 from fedgmi.federated.worker import NonFiniteLossError, counted_client_update
 from fedgmi.validation import check_int, check_number
 
+MAX_ROUNDS = 1_000_000
+"""The most ``federation.rounds`` a run may ask for (more is a typo, not a plan)."""
+
 
 @dataclass
 class FederationConfig:
     """Settings of the round loop.
 
     Attributes:
-        rounds: Communication rounds (>= 1).
+        rounds: Communication rounds, 1 to 1,000,000 (:data:`MAX_ROUNDS`).
         client_fraction: Fraction of clients sampled each round, in (0, 1].
         eval_every: Evaluate every this many rounds (the last round is always evaluated).
         unseen_fraction: Fraction of clients, in [0, 1), that never train (the last
@@ -63,11 +66,11 @@ class FederationConfig:
 
     def __post_init__(self) -> None:
         for name in ("rounds", "eval_every", "min_clients", "checkpoint_every", "keep_checkpoints"):
-            check_int(f"federation.{name}", getattr(self, name), 1)
+            check_int(f"federation.{name}", getattr(self, name), 1, MAX_ROUNDS if name == "rounds" else None)
         check_number("federation.client_fraction", self.client_fraction, 0, 1, low_open=True)
         check_number("federation.unseen_fraction", self.unseen_fraction, 0, 1, high_open=True)
         check_number("federation.dropout_probability", self.dropout_probability, 0, 1, high_open=True)
-        if self.max_update_norm_ratio is not None:
+        if self.max_update_norm_ratio is not None:  # null: no screening (there is no "inf")
             check_number("federation.max_update_norm_ratio", self.max_update_norm_ratio, 1, low_open=True)
 
     def clients_per_round(self, num_clients: int) -> int:

@@ -41,6 +41,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
+from fedgmi.atomic import write_atomic
 from fedgmi.errors import ConfigError
 from fedgmi.federated.messages import ContractError
 from fedgmi.federated.server import LoopState, TrainingDiverged, conclude_round, configure_tasks
@@ -297,7 +298,7 @@ def fit_on_grid(grid: Grid, settings: RunSettings, console: Console | None = Non
         p.run.write_metrics_json({**last["row"], "status": "diverged", "error": str(err)})
         raise
     finally:
-        (p.run.path / "flower.json").write_text(json.dumps(rounds.report(), indent=1))
+        write_atomic(p.run.path / "flower.json", json.dumps(rounds.report(), indent=1))
     if result is None:
         raise ConfigError(f"nothing to do: the checkpoint is already at federation.rounds = {fed.rounds}")
     final = finish(p, row, result, loop.elapsed_s, console)

@@ -76,3 +76,16 @@ class MLPFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D) or (B, *image_shape) inputs -> (B, d) features."""
         return self.net(x.reshape(x.shape[0], self.data_dim))
+
+
+def fitting_features(image_shape: Sequence[int], feature_dim: int = 64) -> nn.Module:
+    """A feature extractor that fits the images: :class:`CNNFeatures` (channels (8, 16)) for
+    (C, H, W) images of at least 12 x 12, else :class:`MLPFeatures` (one hidden layer of 200)."""
+    if cnn_fits(image_shape):
+        return CNNFeatures(image_shape, feature_dim=feature_dim, channels=(8, 16))
+    return MLPFeatures(image_shape, feature_dim=feature_dim, hidden_dims=(200,))
+
+
+def cnn_fits(image_shape: Sequence[int]) -> bool:
+    """Whether :class:`CNNFeatures` takes images of this shape: (C, H, W), H and W >= 12."""
+    return len(image_shape) == 3 and min(image_shape[1:]) >= 12
