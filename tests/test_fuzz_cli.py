@@ -25,8 +25,8 @@ def check(tally) -> None:
 
 
 def test_quick_fuzz_of_the_inputs(sandbox):
-    tally = fuzz.run_fuzz(100, sandbox, seed=1, train=False)
-    assert tally.n == 100
+    tally = fuzz.run_fuzz(300, sandbox, seed=1, train=False)
+    assert tally.n == 300
     check(tally)
 
 
