@@ -11,7 +11,8 @@ K by held-out federated likelihood (:mod:`fedgmi.selection`).
 Follows LightningCLI's conventions through jsonargparse: ``--config`` (repeatable, later files
 and flags override earlier ones), ``--print_config``, dotted overrides such as
 ``--federation.rounds 5``, and ``class_path``/``init_args`` for swappable parts (the
-algorithm, its component model and its optimizer). An invalid value stops before any work with
+algorithm, its component model and its optimizer). ``--print_config`` prints the config as
+given, after one warning line on stderr when a value in it would be refused. An invalid value stops before any work with
 one line on stderr and exit status 2. SIGTERM/SIGINT stop a fit after the current round with a
 checkpoint (exit 128 + signal number); a NaN/Inf training loss stops it with exit status 1 and a
 line naming the round and the client, keeping every output written so far.
@@ -24,10 +25,18 @@ import sys
 
 from rich.console import Console
 
-from fedgmi.config_checks import one_line, summarize_parser_error
+from fedgmi.config_checks import config_error, one_line, summarize_parser_error
 from fedgmi.errors import ConfigError
 from fedgmi.run import Stopped, parse, run_fit, run_select_k, run_test, run_validate
-from fedgmi.run_config import ALGORITHMS, FabricConfig, build_parser, instantiate
+from fedgmi.run_config import (
+    ALGORITHMS,
+    SECTIONS,
+    FabricConfig,
+    build_parser,
+    instantiate,
+    subcommand_parser,
+)
+from fedgmi.validation import MAX_SEED, check_int
 
 __all__ = ["ALGORITHMS", "COMMANDS", "FabricConfig", "build_parser", "instantiate", "main"]
 
@@ -35,11 +44,35 @@ COMMANDS = {"fit": run_fit, "test": run_test, "validate": run_validate, "select_
 """The subcommands: each takes (parser, parsed config, console) (:mod:`fedgmi.run`)."""
 
 
+def warn_if_refused(argv: list[str]) -> None:
+    """With ``--print_config`` in ``argv``: build the config's objects from the rest of ``argv``
+    (every section's and the algorithm's own checks; no data is read, nothing is written) and
+    print one warning line on stderr when a value would be refused. jsonargparse then prints
+    the config as given."""
+    rest = [a for a in argv if not a.startswith("--print_config")]
+    if len(rest) == len(argv):
+        return
+    try:
+        parser, cfg = parse(rest)
+        sub_cfg = cfg[cfg.subcommand]
+        check_int("seed", sub_cfg.seed, 0, MAX_SEED)
+        try:
+            subcommand_parser(parser, cfg.subcommand).instantiate(sub_cfg)
+        except (TypeError, ValueError) as err:
+            raise config_error(err, sub_cfg, SECTIONS) from None
+    except ConfigError as err:
+        print(f"fedgmi: warning: the printed config would be refused: {one_line(str(err))}", file=sys.stderr)
+    except Exception as err:
+        if type(err).__name__ != "ArgumentError":
+            raise
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedgmi`` console script; returns the exit status."""
     console = Console()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        warn_if_refused(argv)
         parser, cfg = parse(argv)
         COMMANDS[cfg.subcommand](parser, cfg, console)
         return 0

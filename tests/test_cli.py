@@ -225,3 +225,21 @@ def test_the_progress_bar_names_the_stages(monkeypatch):
     run_federation(strategy, scenario, FederationConfig(rounds=2, eval_every=2), EvalConfig(num_samples=2), 0,
                    lambda *a: None, progress=True)
     assert stages[:4] == ["topic-model initialisation", "round 1/2", "round 2/2", "evaluating (round 2/2)"]
+
+
+@pytest.mark.parametrize("override, key", [(["--federation.rounds", "0"], "federation.rounds"),
+                                           (["--seed", "-1"], "seed"), (["--scenario.alpha", "-2"], "scenario.alpha")])
+def test_print_config_warns_in_one_line_when_the_config_would_be_refused(override, key, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(ROOT / "configs" / "pm_digits.yaml"), *override, "--print_config"])
+    assert done.value.code == 0
+    out, err = capsys.readouterr()
+    assert "federation:" in out  # the config is printed as given
+    assert err.count("\n") == 1 and err.startswith("fedgmi: warning: the printed config would be refused: ")
+    assert f"{key} = " in err
+
+
+def test_print_config_of_a_valid_config_says_nothing_on_stderr(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs" / "pm_digits.yaml"), "--print_config"])
+    assert capsys.readouterr().err == ""
