@@ -143,7 +143,7 @@ def test_curves_tick_every_round_and_name_the_y_axis(tmp_path: Path, drawn) -> N
     assert curves["y"] == "accuracy, NMI (0 to 1)"
 
 
-def test_the_select_k_tables_fit_80_columns() -> None:
+def test_the_select_k_tables_fit_80_columns(tmp_path: Path) -> None:
     from rich.console import Console
 
     from fedgmi.selection import ClientScore, KResult, Selection, print_selection
@@ -153,7 +153,7 @@ def test_the_select_k_tables_fit_80_columns() -> None:
                for k in range(1, 6)]
     found = Selection(results, 0, 1.0, 0.2, "FedGMI", 64, 3, "nll", "paired").choose()
     console = Console(width=80, record=True)
-    print_selection(found, Path("/tmp/run"), console)
+    print_selection(found, tmp_path / "run", console)
     text = console.export_text()
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
     assert "290.00 +- 1.23" in text and "23.46 MB" in text
