@@ -23,6 +23,7 @@ from sklearn.mixture import GaussianMixture
 from fedgmi.algorithms.classifier_mixture import ClassifierMixture
 from fedgmi.algorithms.fedgmm import GaussianFeatures
 from fedgmi.errors import ConfigError
+from fedgmi.federated.clients import client_pool
 from fedgmi.federated.messages import ClientTask
 from fedgmi.federated.responsibilities import estimate_proportions
 from fedgmi.federated.strategy import ClientState, Initialization
@@ -36,9 +37,36 @@ def mixture_bytes(gmm: GaussianMixture) -> int:
     return FLOAT32_BYTES * (gmm.weights_.size + gmm.means_.size + gmm.covariances_.size)
 
 
+def fit_local_gmm(features: np.ndarray, local_components: int, reg: float, seed: int) -> GaussianMixture:
+    """A client's local full-covariance mixture of its (n_c, d) features (at most n_c - 1
+    components), seeded ``seed``."""
+    return GaussianMixture(min(local_components, len(features) - 1), covariance_type="full", reg_covar=reg,
+                           random_state=seed).fit(features)
+
+
+def global_gmm_fit(local: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]], num_components: int,
+                   synthetic_samples: int, reg: float, seed: int) -> GaussianMixture:
+    """The server's part: draw ``synthetic_samples`` points from the union of the clients' local
+    mixtures (each client's share proportional to its n_c) and fit the global mixture.
+
+    Args:
+        local: Per client, in client order, (n_c, weights (m,), means (m, d), covariances (m, d, d)).
+    """
+    rng = np.random.default_rng(seed)
+    sizes = np.array([n for n, *_ in local], dtype=np.float64)
+    shares = np.floor(synthetic_samples * sizes / sizes.sum()).astype(int)
+    synthetic = []
+    for (_, weights, means, covariances), share in zip(local, shares):
+        counts = rng.multinomial(share, weights)
+        synthetic += [rng.multivariate_normal(m, s, size=n) for m, s, n in zip(means, covariances, counts) if n > 0]
+    return GaussianMixture(num_components, covariance_type="full", reg_covar=reg, n_init=3,
+                           random_state=seed).fit(np.concatenate(synthetic))
+
+
 def fit_federated_gmm(client_features: list[np.ndarray], num_components: int, local_components: int,
                       synthetic_samples: int, reg: float, seed: int) -> tuple[GaussianMixture, int]:
-    """The one-shot FedGenGMM fit.
+    """The one-shot FedGenGMM fit with every client in this process (client c's local fit seeded
+    ``seed + c``; :func:`fit_local_gmm` then :func:`global_gmm_fit`).
 
     Args:
         client_features: per client, (n_c, d) features.
@@ -49,22 +77,13 @@ def fit_federated_gmm(client_features: list[np.ndarray], num_components: int, lo
         seed: seed of the local fits, the sampling and the global fit.
 
     Returns:
-        ``(global_gmm, bytes_up)``: the fitted global mixture and the clients' upload in bytes.
+        ``(global_gmm, bytes_up)``: the fitted global mixture and the clients' upload in bytes
+        (float32 parameters).
     """
-    rng = np.random.default_rng(seed)
-    sizes = np.array([len(f) for f in client_features], dtype=np.float64)
-    shares = np.floor(synthetic_samples * sizes / sizes.sum()).astype(int)
-    synthetic, bytes_up = [], 0
-    for c, (f, share) in enumerate(zip(client_features, shares)):
-        local = GaussianMixture(min(local_components, len(f) - 1), covariance_type="full", reg_covar=reg,
-                                random_state=seed + c).fit(f)
-        bytes_up += mixture_bytes(local)
-        counts = rng.multinomial(share, local.weights_)
-        synthetic += [rng.multivariate_normal(m, s, size=n) for m, s, n in
-                      zip(local.means_, local.covariances_, counts) if n > 0]
-    global_gmm = GaussianMixture(num_components, covariance_type="full", reg_covar=reg, n_init=3,
-                                 random_state=seed).fit(np.concatenate(synthetic))
-    return global_gmm, bytes_up
+    fits = [fit_local_gmm(f, local_components, reg, seed + c) for c, f in enumerate(client_features)]
+    local = [(len(f), g.weights_, g.means_, g.covariances_) for f, g in zip(client_features, fits)]
+    return (global_gmm_fit(local, num_components, synthetic_samples, reg, seed),
+            sum(mixture_bytes(g) for g in fits))
 
 
 class FedGenGMM(GaussianFeatures, ClassifierMixture):
@@ -104,13 +123,29 @@ class FedGenGMM(GaussianFeatures, ClassifierMixture):
         self.setup_features(self.feature_dim, self.projection_seed)
 
     def initialize(self, clients) -> Initialization:
-        """The one-shot fit; the global mixture goes to every client once."""
-        k = self.spec.num_components
-        feats = [self.features(c.x_train).double().cpu().numpy() for c in clients]
-        gmm, bytes_up = fit_federated_gmm(feats, k, self.local_components or k, self.synthetic_samples,
-                                          self.covariance_reg, self.seed)
+        """The one-shot fit: each client fits its local mixture (client step ``"gengmm.local"``,
+        float64 parameters), the server the global one, which goes to every client once."""
+        pool = client_pool(clients, self)
+        ids, k = pool.client_ids, self.spec.num_components
+        replies = pool.call("gengmm.local", {c: {} for c in ids},
+                            {"local_components": torch.tensor(self.local_components or k), "seed": torch.tensor(self.seed)})
+        local = [(int(r["num_examples"]), *(r[key].numpy() for key in ("weights", "means", "covariances")))
+                 for r in (replies[c] for c in ids)]
+        gmm = global_gmm_fit(local, k, self.synthetic_samples, self.covariance_reg, self.seed)
         self.set_mixture(torch.from_numpy(gmm.means_), torch.from_numpy(gmm.covariances_))
-        return Initialization(bytes_up=bytes_up, bytes_down=len(clients) * mixture_bytes(gmm), exchanges=2)
+        return Initialization(bytes_up=pool.bytes_up, bytes_down=len(ids) * mixture_bytes(gmm), exchanges=2)
+
+    def client_step(self, step, request, data):
+        """``"gengmm.local"``: the client's local mixture of its features (seeded ``seed + client
+        id``): ``weights`` (m,), ``means`` (m, d), ``covariances`` (m, d, d) float64 and
+        ``num_examples``."""
+        if step != "gengmm.local":
+            return super().client_step(step, request, data)
+        features = self.features(data.x_train).double().cpu().numpy()
+        gmm = fit_local_gmm(features, int(request["local_components"]), self.covariance_reg,
+                            int(request["seed"]) + int(data.client_id))
+        return {"weights": torch.from_numpy(gmm.weights_), "means": torch.from_numpy(gmm.means_),
+                "covariances": torch.from_numpy(gmm.covariances_), "num_examples": torch.tensor(len(features))}
 
     def set_mixture(self, means: torch.Tensor, covariances: torch.Tensor) -> None:
         """Install the global (K, d) means and (K, d, d) covariances."""

@@ -27,7 +27,7 @@ import math
 import torch
 
 from fedgmi.algorithms.fedem import FedEM
-from fedgmi.federated.messages import tensor_bytes
+from fedgmi.federated.clients import client_pool
 from fedgmi.federated.strategy import Initialization
 from fedgmi.models.gaussian import gaussian_log_density, moments_to_gaussian, random_projection
 
@@ -93,8 +93,9 @@ class FedGMM(GaussianFeatures, FedEM):
     def initialize(self, clients) -> Initialization:
         """Federated (n, sum f, sum f f^T) pass; random means around the global mean."""
         d, device = self.feature_dim, self.fabric.device
-        stats = [torch.cat([torch.ones(1, device=device) * len(c.x_train), self.features(c.x_train).sum(0),
-                            (self.features(c.x_train).T @ self.features(c.x_train)).flatten()]) for c in clients]
+        pool = client_pool(clients, self)
+        replies = pool.call("gmm.moments", {c: {} for c in pool.client_ids})
+        stats = [replies[c]["moments"].to(device) for c in pool.client_ids]
         total = torch.stack(stats).sum(0)
         mean, second = total[1:1 + d] / total[0], total[1 + d:].view(d, d) / total[0]
         cov = moments_to_gaussian(mean, second, self.covariance_reg)
@@ -103,4 +104,12 @@ class FedGMM(GaussianFeatures, FedEM):
         for k, theta in enumerate(self.global_state):
             mu = mean + chol @ torch.randn(d, generator=gen).to(device)
             theta[self.head_size:] = torch.cat([mu, (cov + torch.outer(mu, mu)).flatten()])
-        return Initialization(bytes_up=tensor_bytes(stats), exchanges=1)
+        return Initialization(bytes_up=pool.bytes_up, exchanges=1)
+
+    def client_step(self, step, request, data):
+        """``"gmm.moments"``: the client's (1 + d + d * d,) float32 ``moments`` (n, sum f, sum f f^T)."""
+        if step != "gmm.moments":
+            return super().client_step(step, request, data)
+        f = self.features(data.x_train)
+        n = torch.ones(1, device=f.device) * len(data.x_train)
+        return {"moments": torch.cat([n, f.sum(0), (f.T @ f).flatten()]).cpu()}

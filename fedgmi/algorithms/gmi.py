@@ -34,7 +34,9 @@ from functools import partial
 
 import torch
 
+from fedgmi.algorithms.topic_init import CLIENT_STEPS as TOPIC_STEPS
 from fedgmi.algorithms.topic_init import TopicInit, fit_topic_init
+from fedgmi.federated.clients import client_pool
 from fedgmi.errors import ConfigError
 from fedgmi.federated.messages import ClientReply, ClientTask, derive_seed
 from fedgmi.federated.responsibilities import check_rule, estimate_proportions, label_log_likelihood
@@ -390,21 +392,27 @@ class FedGMI(ParameterVectorStrategy):
         self.density_weight = float(state.get("density_weight", 1.0))
 
     def initialize(self, clients) -> Initialization:
-        """Topic-model initialisation over all clients (``init="topic"``), see topic_init; in
-        the "joint" mode its tokens include the labels. Each client's state is its topic-model
-        proportions."""
+        """Topic-model initialisation over the training clients (``init="topic"``), every
+        computation on a client's data a client step (see topic_init); in the "joint" mode its
+        tokens include the labels. Each client's state is its topic-model proportions (sent to
+        it with its first task)."""
         if self.init != "topic":
             return Initialization()
+        pool = client_pool(clients, self)
         joint = self.estep == "joint"  # then tokens are (fine cluster, label) pairs
         self.topic = fit_topic_init(
-            [c.x_train for c in clients], self.spec.num_components,
-            num_clusters=self.topic_clusters, restarts=self.topic_restarts,
+            pool, self.spec.num_components, num_clusters=self.topic_clusters, restarts=self.topic_restarts,
             iters=self.topic_iters, seed=self.seed, lloyd_rounds=self.topic_lloyd_rounds,
-            clients_y=[c.y_train for c in clients] if joint else None,
             num_classes=self.spec.num_classes if joint else None,
         )
-        states = {c.client_id: {"pi": pi.to(self.fabric.device)} for c, pi in zip(clients, self.topic.proportions)}
+        states = {c: {"pi": pi.to(self.fabric.device)} for c, pi in zip(pool.client_ids, self.topic.proportions)}
         return Initialization(states, self.topic.bytes_up, self.topic.bytes_down, self.topic.exchanges)
+
+    def client_step(self, step, request, data):
+        """The topic model's client steps (:data:`fedgmi.algorithms.topic_init.CLIENT_STEPS`)."""
+        if step in TOPIC_STEPS:
+            return TOPIC_STEPS[step](request, data)
+        return super().client_step(step, request, data)
 
     def round_settings(self, round_idx: int) -> dict[str, float | int | str]:
         return {"phase": "warmup" if round_idx < self.warmup_rounds else "vae", "density_weight": self.density_weight}

@@ -29,11 +29,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
+
+from fedgmi.federated.clients import ClientPool, InProcessClients, NodeClient, Payload, payload_bytes
+
+if TYPE_CHECKING:
+    from fedgmi.data.scenario import ClientData
 
 _EPS = 1e-12
 
@@ -112,45 +118,100 @@ def _local_kmeans(x: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, 
     return km.cluster_centers_, np.bincount(km.labels_, minlength=clusters).astype(np.float64)
 
 
+def client_local_kmeans(request: Payload, data: ClientData) -> Payload:
+    """Step ``"topic.kmeans"`` (client): k-means on the client's training inputs with
+    ``local_clusters`` clusters, seeded ``seed + client id``; uploads ``centroids`` (m, D) and
+    ``counts`` (m,), float32."""
+    centroids, counts = _local_kmeans(data.x_train.cpu().numpy(), int(request["local_clusters"]),
+                                      int(request["seed"]) + int(data.client_id))
+    return {"centroids": torch.as_tensor(centroids, dtype=torch.float32),
+            "counts": torch.as_tensor(counts, dtype=torch.float32)}
+
+
+def client_lloyd(request: Payload, data: ClientData) -> Payload:
+    """Step ``"topic.lloyd"`` (client): per received centroid (``centroids`` (M, D)) the ``sums``
+    (M, D) and ``counts`` (M,) of the client's training inputs nearest to it, float32."""
+    centroids = request["centroids"]
+    x = data.x_train
+    assign = nearest_centroid(x, centroids).cpu()
+    sums = torch.zeros(centroids.shape, dtype=torch.float32).index_add_(0, assign, x.float().cpu())
+    return {"sums": sums, "counts": torch.bincount(assign, minlength=len(centroids)).float()}
+
+
+def client_histogram(request: Payload, data: ClientData) -> Payload:
+    """Step ``"topic.histogram"`` (client): the (V,) int32 ``histogram`` of the client's tokens
+    (its nearest fine cluster, or (cluster, label) when ``num_classes`` > 0)."""
+    classes = int(request["num_classes"]) or None
+    vocab = len(request["centroids"]) * (classes or 1)
+    token = tokens(data.x_train, request["centroids"], data.y_train if classes else None, classes)
+    return {"histogram": torch.bincount(token.cpu(), minlength=vocab).int()}
+
+
+#: The topic model's client steps (:meth:`fedgmi.algorithms.gmi.FedGMI.client_step`).
+CLIENT_STEPS = {"topic.kmeans": client_local_kmeans, "topic.lloyd": client_lloyd, "topic.histogram": client_histogram}
+
+
+class _Steps:
+    """Runs :data:`CLIENT_STEPS` for a pool of plain tensors (no strategy)."""
+
+    name = "topic model"
+
+    def client_step(self, step: str, request: Payload, data: ClientData) -> Payload:
+        return CLIENT_STEPS[step](request, data)
+
+
+def _pool(clients: ClientPool | Sequence[torch.Tensor], labels: Sequence[torch.Tensor] | None = None) -> ClientPool:
+    """``clients`` as a pool: a pool as it is, or per client (n_c, D) inputs (and (n_c,) labels)
+    held in process."""
+    if isinstance(clients, ClientPool):
+        return clients
+    from fedgmi.data.scenario import ClientData
+
+    labels = labels if labels is not None else [torch.zeros(len(x), dtype=torch.long) for x in clients]
+    empty = torch.zeros(0)
+    data = [ClientData(c, x, y, empty, empty.long()) for c, (x, y) in enumerate(zip(clients, labels))]
+    return InProcessClients(_Steps(), [NodeClient(d) for d in data])  # type: ignore[arg-type]
+
+
 def federated_kmeans(
-    clients_x: Sequence[torch.Tensor],
+    clients: ClientPool | Sequence[torch.Tensor],
     num_clusters: int,
     local_clusters: int = 10,
     lloyd_rounds: int = 5,
     seed: int = 0,
 ) -> tuple[torch.Tensor, int, int]:
-    """k-FED one-shot seeding, then federated Lloyd rounds.
+    """k-FED one-shot seeding, then federated Lloyd rounds, as client steps.
 
     Args:
-        clients_x: per client, (n_c, D) samples (stay on the client; only sums travel).
+        clients: The clients (a pool), or per client (n_c, D) samples held in process (they stay
+            on the client; only centroids, sums and counts travel).
         num_clusters: M, the number of global fine clusters.
         local_clusters: clusters each client fits locally before the one-shot merge.
         lloyd_rounds: federated Lloyd iterations after the merge.
 
     Returns:
-        ``(centroids, bytes_up, bytes_down)`` with centroids (M, D) float32.
+        ``(centroids, bytes_up, bytes_down)`` with centroids (M, D) float32, and the payload bytes
+        of the steps (the final centroids' download included).
     """
-    local = [_local_kmeans(x.cpu().numpy(), local_clusters, seed + c) for c, x in enumerate(clients_x)]
-    points = np.concatenate([c for c, _ in local])
-    counts = np.concatenate([n for _, n in local])
+    pool = _pool(clients)
+    ids = pool.client_ids
+    up0, down0 = pool.bytes_up, pool.bytes_down
+    local = pool.call("topic.kmeans", {c: {} for c in ids},
+                      {"local_clusters": torch.tensor(local_clusters), "seed": torch.tensor(seed)})
+    points = torch.cat([local[c]["centroids"] for c in ids]).double().numpy()
+    counts = torch.cat([local[c]["counts"] for c in ids]).double().numpy()
     num_clusters = min(num_clusters, len(points))
     server = _kmeans(points, num_clusters, seed, n_init=3, weights=counts)
     centroids = torch.as_tensor(server.cluster_centers_, dtype=torch.float32)
-    dim = centroids.shape[1]
-    bytes_up = int(sum(c.size + n.size for c, n in local)) * 4
-    bytes_down = 0
     for _ in range(lloyd_rounds):
-        sums = torch.zeros_like(centroids)
-        totals = torch.zeros(num_clusters)
-        for x in clients_x:  # client side: per-centroid sums and counts
-            assign = nearest_centroid(x, centroids).cpu()
-            sums.index_add_(0, assign, x.float().cpu())
-            totals += torch.bincount(assign, minlength=num_clusters).float()
+        replies = pool.call("topic.lloyd", {c: {} for c in ids}, {"centroids": centroids})
+        sums = torch.stack([replies[c]["sums"] for c in ids]).sum(0)
+        totals = torch.stack([replies[c]["counts"] for c in ids]).sum(0)
         keep = totals > 0
+        centroids = centroids.clone()
         centroids[keep] = sums[keep] / totals[keep, None]
-        bytes_down += len(clients_x) * num_clusters * dim * 4
-        bytes_up += len(clients_x) * num_clusters * (dim + 1) * 4
-    return centroids, bytes_up, bytes_down + len(clients_x) * num_clusters * dim * 4
+    final_down = len(ids) * centroids.numel() * centroids.element_size()  # sent with the histogram step
+    return centroids, pool.bytes_up - up0, pool.bytes_down - down0 + final_down
 
 
 def plsa_client_step(
@@ -210,7 +271,7 @@ def fit_plsa(
 
 
 def fit_topic_init(
-    clients_x: Sequence[torch.Tensor],
+    clients: ClientPool | Sequence[torch.Tensor],
     num_components: int,
     num_clusters: int = 60,
     local_clusters: int = 10,
@@ -221,40 +282,40 @@ def fit_topic_init(
     clients_y: Sequence[torch.Tensor] | None = None,
     num_classes: int | None = None,
 ) -> TopicInit:
-    """Run both stages (fine clusters, then the federated topic model) on all clients.
+    """Run both stages (fine clusters, then the federated topic model) on all clients, every
+    computation on a client's data a client step (:data:`CLIENT_STEPS`).
 
-    With labels (``clients_y`` and ``num_classes``) a token is the pair (fine cluster, label):
-    inputs that look alike but carry different labels in different inherent distributions
-    (an upright 9 and a 6 turned 180 degrees) then count as different tokens, and
-    co-occurrence can tell them apart.
+    With labels (``num_classes``) a token is the pair (fine cluster, label): inputs that look
+    alike but carry different labels in different inherent distributions (an upright 9 and a 6
+    turned 180 degrees) then count as different tokens, and co-occurrence can tell them apart.
 
     Args:
-        clients_x: per client, (n_c, D) training samples.
+        clients: The clients (a pool), or per client (n_c, D) training samples held in process.
         num_components: K.
         num_clusters: M fine clusters (default 60; 30-120 measured in the README).
-        clients_y: per client, (n_c,) labels, or ``None`` (label-free tokens).
-        num_classes: Y, with ``clients_y``.
+        clients_y: With ``clients`` as tensors: per client, (n_c,) labels.
+        num_classes: Y: tokens include the labels (``None``: label-free tokens).
 
     Returns:
-        A :class:`TopicInit` with the global centroids and log beta and each client's pi.
+        A :class:`TopicInit` with the global centroids and log beta and each client's pi (rows in
+        client-id order).
     """
-    centroids, up, down = federated_kmeans(clients_x, num_clusters, local_clusters, lloyd_rounds, seed)
-    classes = num_classes if clients_y is not None else None
+    pool = _pool(clients, clients_y)
+    ids = pool.client_ids
+    classes = num_classes if (clients_y is not None or isinstance(clients, ClientPool)) else None
+    centroids, up, down = federated_kmeans(pool, num_clusters, local_clusters, lloyd_rounds, seed)
     vocab = len(centroids) * (classes or 1)
-    labels = clients_y if clients_y is not None else [None] * len(clients_x)
-    hists = np.stack([
-        np.bincount(tokens(x, centroids, y, classes).cpu().numpy(), minlength=vocab)
-        for x, y in zip(clients_x, labels)
-    ]).astype(np.float64)
+    replies = pool.call("topic.histogram", {c: {} for c in ids},
+                        {"centroids": centroids, "num_classes": torch.tensor(classes or 0)})
+    hists = torch.stack([replies[c]["histogram"] for c in ids]).double().numpy()
     pi, beta, log_lik = fit_plsa(hists, num_components, restarts, iters, seed)
-    clients = len(clients_x)
     return TopicInit(
         centroids=centroids,
         log_beta=torch.as_tensor(np.log(beta), dtype=torch.float32),
         proportions=torch.as_tensor(pi, dtype=torch.float32),
         num_classes=classes,
         log_likelihood=log_lik,
-        bytes_up=up + clients * vocab * 4,  # + each client's (V,) histogram, int32
-        bytes_down=down + clients * (num_components * vocab + num_components) * 4,  # beta and its own pi
+        bytes_up=up + sum(payload_bytes(r) for r in replies.values()),  # + each client's (V,) int32 histogram
+        bytes_down=down + len(ids) * (num_components * vocab + num_components) * 4,  # beta and its own pi
         exchanges=1 + lloyd_rounds + 1 + 1,
     )

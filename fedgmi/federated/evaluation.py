@@ -43,16 +43,18 @@ from scipy.special import logsumexp
 
 from fedgmi.errors import ConfigError
 from fedgmi.federated.strategy import EvaluationHooks, Strategy
+from fedgmi.federated.clients import NodeClient, Payload, client_pool
+from fedgmi.federated.messages import derive_seed
 from fedgmi.metrics import (
     AssignmentAccuracy,
-    MixtureScores,
-    ProportionError,
+    ComponentMatching,
+    NormalizedMutualInfo,
     aggregate_proportions,
     component_accuracy_extremes,
     learned_groups,
     learned_order,
     nats_to_bits_per_dim,
-    score_mixture,
+    proportion_errors,
 )
 from fedgmi.models import ESTIMATORS
 from fedgmi.models.personalized import mixture_predict
@@ -157,68 +159,222 @@ def _client_outputs(strategy: Strategy, client, seen: bool, config: EvalConfig, 
     return out
 
 
+#: The seed stream of the evaluation's latent noise: client c draws from
+#: ``derive_seed(seed, EVAL_STREAM, c)`` (its own generator, so that it computes the same on any node).
+EVAL_STREAM = 2**32 - 1  # above every round index (rounds <= 1e6)
+
+
+def _settings(config: EvalConfig, seed: int) -> Payload:
+    """The evaluation settings every client receives (tensors: the wire carries tensors)."""
+    return {"estimator": torch.tensor(ESTIMATORS.index(config.estimator)), "num_samples": torch.tensor(config.num_samples),
+            "proportion_samples": torch.tensor(config.proportion_samples or 0),
+            "proportion_iters": torch.tensor(config.proportion_iters), "seed": torch.tensor(int(seed))}
+
+
+def _config_of(request: Payload) -> EvalConfig:
+    return EvalConfig(ESTIMATORS[int(request["estimator"])], int(request["num_samples"]),
+                      int(request["proportion_samples"]) or None, int(request["proportion_iters"]))
+
+
+def _counts(true: torch.Tensor, pred: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(rows, cols) int64 counts of (true, pred) pairs."""
+    return torch.bincount(true.long() * cols + pred.long(), minlength=rows * cols).view(rows, cols)
+
+
 @torch.no_grad()
-def evaluate(strategy: Strategy, scenario, config: EvalConfig, seed: int = 0,
+def client_evaluate(strategy: Strategy, client: NodeClient, request: Payload, scratch: dict) -> Payload:
+    """The client's half of the evaluation (step ``"evaluate"``): its proportions re-estimated on
+    its training part, then its test part scored (see the module docstring), with its own
+    generator (:data:`EVAL_STREAM`).
+
+    Args:
+        request: The settings (:func:`_settings`) and ``seen`` (1 for a training client).
+        scratch: Kept on the client for :func:`client_evaluate_matched`.
+
+    Returns:
+        ``pi`` (K,) float32 its proportions, ``accuracy`` its personalised test accuracy (float32,
+        fraction correct) and ``num_test``; where the client has ground truth, also the counts
+        the server sums: ``confusion`` (K_true, K) of (true, x-only assigned) components (and
+        ``confusion_label_informed``), ``overlap`` (K_true, K) outer(true pi, pi) (float64),
+        ``component_correct`` (K_true, K) correct predictions of each component's head by true
+        component, ``personal_correct`` and ``count`` (K_true,) by true component.
+    """
+    config, seen, cid = _config_of(request), bool(request["seen"]), client.client_id
+    seed = derive_seed(int(request["seed"]), EVAL_STREAM, cid)
+    gen = torch.Generator(strategy.fabric.device).manual_seed(seed)
+    out = _client_outputs(strategy, client.data, seen, config, gen)
+    reply = {"pi": out["pi"].float(), "accuracy": out["personal_correct"].float().mean(),
+             "num_test": torch.tensor(len(out["personal_correct"]))}
+    scratch.clear()
+    if client.truth is None:
+        return reply
+    z, k_true, k = client.truth.z_test.cpu(), client.truth.num_components, out["pi"].numel()
+    reply["confusion"] = _counts(z, out["assigned"], k_true, k)
+    if "assigned_label_informed" in out:
+        reply["confusion_label_informed"] = _counts(z, out["assigned_label_informed"], k_true, k)
+    reply["overlap"] = torch.outer(client.truth.proportions.double().cpu(), out["pi"].double())
+    one_hot = torch.nn.functional.one_hot(z, k_true).T.long()  # (K_true, n)
+    reply["component_correct"] = one_hot @ out["component_correct"].long()  # (K_true, K)
+    reply["personal_correct"] = one_hot @ out["personal_correct"].long()  # (K_true,)
+    reply["count"] = one_hot.sum(1)
+    scratch.update(log_px=out["log_px"], pi=out["pi"])
+    return reply
+
+
+@torch.no_grad()
+def client_evaluate_matched(strategy: Strategy, client: NodeClient, request: Payload, scratch: dict) -> Payload:
+    """The client's second half (step ``"evaluate.matched"``), given the server's map of learned
+    to true components (``mapping``, (K,)): ``tv``, its proportions' total-variation error
+    (:func:`~fedgmi.metrics.proportion_errors`), when ``tv`` is asked; ``nll_sum`` and
+    ``nll_count`` (K_true,), the test NLL in nats of its samples of each true component under the
+    learned ones mapped to it (summed; see :func:`_matched_nll`), when ``nll`` is asked. Empty
+    for a client without ground truth."""
+    if client.truth is None or "log_px" not in scratch:
+        return {}
+    mapping, k_true, reply = request["mapping"].cpu().numpy(), client.truth.num_components, {}
+    if bool(request["tv"]):
+        tv, _, _ = proportion_errors(scratch["pi"].double().numpy()[None], client.truth.proportions.double().numpy()[None],
+                                     mapping)
+        reply["tv"] = torch.tensor(float(tv[0]), dtype=torch.float64)
+    if bool(request["nll"]):
+        z = client.truth.z_test.cpu().numpy()
+        total, count = _matched_nll(scratch["log_px"].numpy(), z, mapping, k_true)
+        reply["nll_sum"], reply["nll_count"] = torch.from_numpy(total), torch.from_numpy(count)
+    return reply
+
+
+#: The evaluation's client steps (:func:`fedgmi.federated.clients.run_client_step`).
+CLIENT_STEPS = {"evaluate": client_evaluate, "evaluate.matched": client_evaluate_matched}
+
+
+def _summed(replies: dict[int, Payload], ids: list[int], key: str) -> np.ndarray:
+    return torch.stack([replies[c][key] for c in ids]).sum(0).cpu().numpy()
+
+
+@torch.no_grad()
+def evaluate(strategy: Strategy, clients, config: EvalConfig, seed: int = 0,
              unseen: Collection[int] = ()) -> Evaluation:
-    """Score assignments, proportions, personalised accuracy and per-component test NLL.
+    """Score assignments, proportions, personalised accuracy and per-component test NLL: two
+    client steps (:func:`client_evaluate`, then :func:`client_evaluate_matched` with the map the
+    server finds on the summed counts); the server only sums what the clients report.
 
     Args:
         strategy: A trained strategy.
-        scenario: The :class:`~fedgmi.data.Scenario` (clients and ground truth).
+        clients: The clients: a :class:`~fedgmi.federated.clients.ClientPool`, or the
+            :class:`~fedgmi.data.Scenario` (clients and ground truth, in process).
         config: Estimator settings.
-        seed: Seed of the latent noise of the estimates.
+        seed: Seed of the latent noise of the estimates (client c's: :data:`EVAL_STREAM`).
         unseen: Ids of clients that never trained.
 
     Returns:
-        An :class:`Evaluation`; its metric keys are listed in docs/guide/outputs.md.
+        An :class:`Evaluation`; its metric keys are listed in docs/guide/outputs.md. The
+        ground-truth scores are NaN when the clients hold no ground truth.
+
+    Raises:
+        ConfigError: ``generalization`` asked of clients that are not all in this process.
     """
-    gen = torch.Generator(strategy.fabric.device).manual_seed(seed)
-    attach_truth(strategy, scenario)
-    unseen = {int(c) for c in unseen}
-    outs = [_client_outputs(strategy, c, c.client_id not in unseen, config, gen) for c in scenario.clients]
-    seen_ids = [c.client_id for c in scenario.clients if c.client_id not in unseen]
-    cat = _concat(outs, seen_ids, scenario)
-    true_pi = scenario.truth.proportions.numpy()
-    est = torch.stack([o["pi"] for o in outs]).double().numpy()
+    pool = client_pool(clients, strategy)
+    scenario = getattr(pool, "scenario", None)
+    if scenario is not None:
+        attach_truth(strategy, scenario)
+    ids, unseen = pool.client_ids, {int(c) for c in unseen}
+    seen_ids = [c for c in ids if c not in unseen]
+    first = pool.call("evaluate", {c: {"seen": torch.tensor(c not in unseen)} for c in ids}, _settings(config, seed))
+    est = torch.stack([first[c]["pi"] for c in ids]).double().numpy()
     num_learned = est.shape[1]
-    if not strategy.models_mixture:  # FedAvg, Local: no mixture, so no mixture scores (NaN)
-        est = np.full_like(true_pi, np.nan)
-    scores = _mixture_scores(strategy, cat, est[seen_ids], true_pi[seen_ids])
-    per_client_acc = np.array([outs[c]["personal_correct"].float().mean().item() for c in seen_ids])
-    table, client_model = _accuracy_tables(cat, true_pi.shape[1], est.shape[1])
-    nll = _matched_nll(cat["log_px"], cat["z"], scores.mapping, true_pi.shape[1])
+    truth = all("confusion" in first[c] for c in ids)
+    k_true = int(first[ids[0]]["count"].numel()) if truth else num_learned
+    mixture = strategy.models_mixture and truth
+    mapping = _mapping(first, seen_ids, num_learned) if mixture else np.arange(k_true)
+    second = pool.call("evaluate.matched", {c: {"nll": torch.tensor(c not in unseen)} for c in ids},
+                       {"mapping": torch.as_tensor(mapping), "tv": torch.tensor(mixture)}) if truth else {}
+    metrics = _metrics(strategy, first, second, seen_ids, mapping, truth, k_true, num_learned)
+    columns = num_learned if strategy.models_mixture else k_true  # no mixture: K_true columns, NaN past the first
+    table, client_model, nll = _tables(first, second, seen_ids, k_true, columns, truth)
     if not strategy.pixel_density:
         nll = np.full_like(nll, np.nan)
-    diag_min, offdiag_max = component_accuracy_extremes(table, scores.mapping)
-    metrics = {
-        "assignment_accuracy": scores.assignment_accuracy,
-        "nmi": scores.nmi,
-        "proportion_error_tv": scores.proportion_error_tv,
-        "proportion_error_max": scores.proportion_error_max,
-        "num_components_learned": float(num_learned),
-        "client_accuracy_mean": float(per_client_acc.mean()),
-        "client_accuracy_p10": float(np.percentile(per_client_acc, 10)),
-        "component_accuracy_diag_min": diag_min,
-        "component_accuracy_offdiag_max": offdiag_max,
-        "test_nll": _nanmean(nll),
-        "test_nll_bits_per_dim": nats_to_bits_per_dim(_nanmean(nll), int(np.prod(scenario.image_shape))),
-    }
-    if _label_informed(strategy):
-        label_informed = AssignmentAccuracy(true_pi.shape[1], num_learned, mapping=scores.mapping)
-        label_informed.update(torch.from_numpy(cat["z"]), torch.from_numpy(cat["assigned_label_informed"]))
-        metrics["assignment_accuracy_label_informed"] = label_informed.compute().item()
+    metrics["test_nll"] = _nanmean(nll)
+    shape = scenario.image_shape if scenario is not None else strategy.spec.image_shape
+    metrics["test_nll_bits_per_dim"] = nats_to_bits_per_dim(metrics["test_nll"], int(np.prod(shape)))
+    metrics["component_accuracy_diag_min"], metrics["component_accuracy_offdiag_max"] = \
+        component_accuracy_extremes(table, mapping) if truth else (float("nan"), float("nan"))
     if config.generalization:
-        gen_acc = generalization_accuracy(strategy, scenario, config, {c: outs[c]["pi"] for c in seen_ids}, gen)
+        if scenario is None:
+            raise ConfigError("evaluation.generalization = true needs every client's test data in one process "
+                              "(a simulation); allowed here: false")
+        est_pi = {c: first[c]["pi"] for c in seen_ids}
+        gen = torch.Generator(strategy.fabric.device).manual_seed(seed)
+        gen_acc = generalization_accuracy(strategy, scenario, config, est_pi, gen)
         metrics["generalization_accuracy_mean"] = float(gen_acc.mean())
         metrics["generalization_accuracy_p10"] = float(np.percentile(gen_acc, 10))
     if unseen:
-        ids = sorted(unseen)
-        unseen_tv = ProportionError(scores.mapping, true_pi.shape[1])
-        unseen_tv.update(torch.as_tensor(est[ids]), true_pi[ids])
-        metrics["unseen_client_accuracy_mean"] = float(np.mean(
-            [outs[c]["personal_correct"].float().mean().item() for c in ids]))
-        metrics["unseen_proportion_error_tv"] = unseen_tv.compute().item()
-    return Evaluation(metrics, scores.mapping, est, table, client_model, nll)
+        ids_unseen = sorted(unseen)
+        metrics["unseen_client_accuracy_mean"] = float(np.mean([first[c]["accuracy"].item() for c in ids_unseen]))
+        metrics["unseen_proportion_error_tv"] = (float(np.mean([second[c]["tv"].item() for c in ids_unseen]))
+                                                 if mixture else float("nan"))
+    if not strategy.models_mixture:  # FedAvg, Local: no mixture, so no estimated proportions
+        est = np.full((len(ids), k_true), np.nan)
+    return Evaluation(metrics, mapping, est, table, client_model, nll)
+
+
+def _merged(metric, states: list[dict[str, torch.Tensor]]):
+    """``metric`` with the clients' metric states merged in (torchmetrics' ``merge_state``: each
+    client's state is one update; a state it does not report starts at its default)."""
+    for state in states:
+        metric.merge_state({name: state.get(name, default) for name, default in metric._defaults.items()})
+        metric._update_count += 1  # torchmetrics counts updates to warn of a compute before any
+    return metric
+
+
+def _mapping(first: dict[int, Payload], seen_ids: list[int], num_learned: int) -> np.ndarray:
+    """The learned -> true map from the training clients' summed confusion counts and overlap."""
+    k_true = first[seen_ids[0]]["confusion"].shape[0]
+    states = [{"confusion": first[c]["confusion"].cpu(), "overlap": first[c]["overlap"].cpu(),
+               "proportion_rows": torch.tensor(1)} for c in seen_ids]
+    return _merged(ComponentMatching(k_true, num_learned), states).compute().reshape(-1).numpy()
+
+
+def _metrics(strategy: Strategy, first, second, seen_ids, mapping, truth: bool, k_true: int,
+             num_learned: int) -> dict[str, float]:
+    """The scalar metrics from the clients' replies (ground-truth scores NaN without truth)."""
+    nan = float("nan")
+    per_client_acc = np.array([first[c]["accuracy"].item() for c in seen_ids])
+    metrics = {"assignment_accuracy": nan, "nmi": nan, "proportion_error_tv": nan, "proportion_error_max": nan,
+               "num_components_learned": float(num_learned), "client_accuracy_mean": float(per_client_acc.mean()),
+               "client_accuracy_p10": float(np.percentile(per_client_acc, 10))}
+    if not (truth and strategy.models_mixture):
+        return metrics
+    confusion = [{"confusion": first[c]["confusion"].cpu()} for c in seen_ids]
+    accuracy = _merged(AssignmentAccuracy(k_true, num_learned, mapping=mapping), confusion)
+    nmi = _merged(NormalizedMutualInfo(k_true, num_learned), confusion)
+    tv = np.array([second[c]["tv"].item() for c in seen_ids])
+    metrics.update(assignment_accuracy=accuracy.compute().item(), nmi=nmi.compute().item(),
+                   proportion_error_tv=float(tv.sum() / len(tv)), proportion_error_max=float(tv.max()))
+    if _label_informed(strategy):
+        informed = _merged(AssignmentAccuracy(k_true, num_learned, mapping=mapping),
+                           [{"confusion": first[c]["confusion_label_informed"].cpu()} for c in seen_ids])
+        metrics["assignment_accuracy_label_informed"] = informed.compute().item()
+    return metrics
+
+
+def _tables(first, second, seen_ids, k_true: int, num_learned: int,
+            truth: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(K_true, K_learned) head accuracy per (true distribution, learned component), (K_true,)
+    client-model accuracy per true distribution and (K_true,) matched test NLL (nats), from the
+    training clients' summed counts (NaN where a distribution has no test samples, and without
+    ground truth)."""
+    table, client_model, nll = np.full((k_true, num_learned), np.nan), np.full(k_true, np.nan), np.full(k_true, np.nan)
+    if not truth:
+        return table, client_model, nll
+    count = _summed(first, seen_ids, "count")
+    correct, personal = _summed(first, seen_ids, "component_correct"), _summed(first, seen_ids, "personal_correct")
+    present = count > 0
+    table[present, :correct.shape[1]] = correct[present] / count[present, None]
+    client_model[present] = personal[present] / count[present]
+    if all("nll_sum" in second[c] for c in seen_ids):
+        total, n = _summed(second, seen_ids, "nll_sum"), _summed(second, seen_ids, "nll_count")
+        nll[n > 0] = total[n > 0] / n[n > 0]
+    return table, client_model, nll
 
 
 #: The ``part`` name of the pooled test parts of all clients (see :func:`generalization_accuracy`).
@@ -258,15 +414,6 @@ def attach_truth(strategy: Strategy, scenario) -> None:
         strategy.attach_ground_truth(scenario.truth)
 
 
-def _mixture_scores(strategy: Strategy, cat: dict[str, np.ndarray], est: np.ndarray,
-                    true_pi: np.ndarray) -> MixtureScores:
-    """Matched scores; all NaN (identity matching) for a strategy without a mixture."""
-    if strategy.models_mixture:
-        return score_mixture(cat["z"], cat["assigned"], est, true_pi)
-    k, nan = true_pi.shape[1], float("nan")
-    return MixtureScores(nan, nan, nan, nan, np.arange(k))
-
-
 def _label_informed(strategy: Strategy) -> bool:
     """Whether ``assignment_accuracy_label_informed`` is reported: a mixture whose E-step
     evidence uses labels (FedAvg and Local have no E-step)."""
@@ -279,48 +426,29 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def _concat(outs: list[dict], ids: list[int], scenario) -> dict[str, np.ndarray]:
-    """Per-test-sample arrays of the given clients, concatenated, with true components."""
-    keys = ("assigned", "assigned_label_informed", "personal_correct", "component_correct", "log_px")
-    cat = {key: torch.cat([outs[c][key] for c in ids]).numpy() for key in keys if key in outs[ids[0]]}
-    cat["z"] = torch.cat([scenario.truth.z_test[c] for c in ids]).numpy()
-    return cat
-
-
-def _accuracy_tables(cat: dict[str, np.ndarray], num_components: int,
-                     num_learned: int) -> tuple[np.ndarray, np.ndarray]:
-    """(K_true, K_learned) head accuracy per (true distribution, learned component) and (K_true,)
-    client-model accuracy per true distribution (NaN where a distribution has no test samples,
-    and in the columns of components a method does not have: FedAvg and Local have one)."""
-    table = np.full((num_components, num_learned), np.nan)
-    client_model = np.full(num_components, np.nan)
-    for t in range(num_components):
-        mask = cat["z"] == t
-        if mask.any():
-            correct = cat["component_correct"][mask]  # (n_t, K learned); K learned = 1 without a mixture
-            table[t, :correct.shape[1]] = correct.mean(0)
-            client_model[t] = cat["personal_correct"][mask].mean()
-    return table, client_model
-
-
-def _matched_nll(log_lik: np.ndarray, true_z: np.ndarray, mapping: np.ndarray, num_components: int) -> np.ndarray:
-    """(K_true,) for each true component t, the NLL in nats of its test samples under the learned
-    components J_t mapped to t: -mean log (1/|J_t|) sum_{j in J_t} p_j(x) (paper: one matched
+def _matched_nll(log_lik: np.ndarray, true_z: np.ndarray, mapping: np.ndarray,
+                num_components: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per true component t, the summed NLL in nats of its test samples under the learned
+    components J_t mapped to t, -sum log (1/|J_t|) sum_{j in J_t} p_j(x) (paper: one matched
     component per true one; here: with a many-to-one map, their uniform mixture, which is
-    -mean log p_j(x) when J_t = {j}). NaN when t has no test samples or no learned component.
+    -log p_j(x) when J_t = {j}), and their count (0 when t has no samples or no learned
+    component). The server divides the sums over the clients by the counts.
 
     Args:
         log_lik: (N, K_learned) log p_j(x) in nats (K_learned = 1 for a method without a mixture).
         true_z: (N,) true components.
         mapping: (K_learned,) learned -> true.
         num_components: K_true.
+
+    Returns:
+        ((K_true,) float64 sums, (K_true,) int64 counts).
     """
-    nll = np.full(num_components, np.nan)
+    total, count = np.zeros(num_components), np.zeros(num_components, dtype=np.int64)
     for t, group in enumerate(learned_groups(mapping, num_components)):
         group = group[group < log_lik.shape[1]]
         mask = true_z == t
         if mask.any() and group.size:
-            rows = log_lik[mask]
+            rows = log_lik[mask].astype(np.float64)
             values = rows[:, group[0]] if group.size == 1 else logsumexp(rows[:, group], axis=1) - np.log(group.size)
-            nll[t] = -values.mean()
-    return nll
+            total[t], count[t] = -values.sum(), mask.sum()
+    return total, count

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedgmi.errors import ConfigError
 from fedgmi.federated.channel import Channel
+from fedgmi.federated.clients import ClientPool, InProcessClients, client_pool
 from fedgmi.federated.distributed import any_rank, gather, my_slice
 from fedgmi.federated.evaluation import EvalConfig, Evaluation, attach_truth, evaluate
 from fedgmi.federated.messages import ContractError, reply_to
@@ -159,6 +160,21 @@ EvalCallback = Callable[[int, dict[str, float], Evaluation], None]
 RoundCallback = Callable[[int, LoopState, bool], None]
 
 
+def client_data(clients, client_id: int):
+    """Client ``client_id``'s :class:`~fedgmi.data.ClientData` in process: from a scenario or an
+    :class:`~fedgmi.federated.clients.InProcessClients` pool.
+
+    Raises:
+        TypeError: the clients are not in this process (e.g. a Flower pool).
+    """
+    if isinstance(clients, InProcessClients):
+        return clients.data(client_id)
+    if hasattr(clients, "clients") and not isinstance(clients, ClientPool):
+        return clients.clients[client_id]
+    raise TypeError(f"the clients of {type(clients).__name__} are not in this process: train them with the "
+                    "transport's own round runner")
+
+
 def _client_replies(strategy: Strategy, scenario, tasks, warn) -> tuple[list, list[Exception], str | None]:
     """Run the tasks' local updates and store each client's new state; a client whose update
     raises is left out (and counted), except for a broken contract (a bug: raised at once).
@@ -170,7 +186,7 @@ def _client_replies(strategy: Strategy, scenario, tasks, warn) -> tuple[list, li
     for task in tasks:
         cid = task.client_id
         try:
-            reply, state = counted_client_update(strategy, task, scenario.clients[cid],
+            reply, state = counted_client_update(strategy, task, client_data(scenario, cid),
                                                  strategy.client_state.get(cid, {}))
         except NonFiniteLossError as err:
             return replies, errors, f"round {task.round}, client {cid}: {err}"
@@ -307,7 +323,9 @@ def run_federation(
     Args:
         strategy: Set up strategy (initialised by this call when ``state.next_round == 0``,
             else restored from a checkpoint).
-        scenario: The scenario; the strategy only ever sees ``scenario.clients``.
+        scenario: The clients: the scenario (in process), or a
+            :class:`~fedgmi.federated.clients.ClientPool` (e.g. Flower's). The strategy sees the
+            clients' data only through client tasks and client steps.
         on_eval: Called after each evaluation with (round, metrics row, evaluation); writes
             outputs so that a run that fails later keeps them.
         on_round_end: Called after every round with (rounds done, state, stopping); the CLI
@@ -331,8 +349,10 @@ def run_federation(
     state = state or LoopState()
     started = time.perf_counter() - state.elapsed_s
     channel = channel or Channel()
-    train_ids, unseen_ids = federation.split_clients(len(scenario.clients))
-    attach_truth(strategy, scenario)  # only a strategy declaring uses_ground_truth (Oracle) gets it
+    pool = client_pool(scenario, strategy)
+    train_ids, unseen_ids = federation.split_clients(len(pool.client_ids))
+    if getattr(pool, "scenario", None) is not None:  # only a strategy declaring uses_ground_truth (Oracle) gets it
+        attach_truth(strategy, pool.scenario)
     row, result = {}, None
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]
@@ -347,7 +367,7 @@ def run_federation(
 
         if state.next_round == 0:
             stage(initialisation_stage(strategy))
-            init = strategy.initialize([scenario.clients[c] for c in train_ids])
+            init = strategy.initialize(pool.only(train_ids))
             strategy.client_state.update(init.client_states)
             state.bytes_up += int(init.bytes_up)
             state.bytes_down += int(init.bytes_down)
@@ -355,12 +375,12 @@ def run_federation(
             channel.start(strategy.global_state)
         for rnd in range(state.next_round, federation.rounds):
             stage(f"round {rnd + 1}/{federation.rounds}")
-            round_metrics = (round_runner or run_round)(strategy, scenario, federation, seed, rnd, train_ids, state,
+            round_metrics = (round_runner or run_round)(strategy, pool, federation, seed, rnd, train_ids, state,
                                                         warn, channel)
             state.next_round, state.elapsed_s = rnd + 1, time.perf_counter() - started
             if (rnd + 1) % federation.eval_every == 0 or rnd + 1 == federation.rounds:
                 stage(f"evaluating (round {rnd + 1}/{federation.rounds})")
-                result = evaluate(strategy, scenario, evaluation, seed, unseen_ids)
+                result = evaluate(strategy, pool, evaluation, seed, unseen_ids)
                 row = {"round": rnd + 1, **round_metrics, **result.metrics,
                        **{k: v for k, v in asdict(state).items() if k not in ("next_round", "elapsed_s")},
                        **channel.metrics(), "wall_time_s": time.perf_counter() - started}

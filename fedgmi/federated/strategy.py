@@ -46,6 +46,7 @@ from fedgmi.validation import check_choice
 
 if TYPE_CHECKING:  # the data classes (imported for the annotations only)
     from fedgmi.data.scenario import ClientData, GroundTruth, Scenario
+    from fedgmi.federated.clients import ClientPool, Payload
 
 #: A client's own state between rounds: a few named tensors (e.g. {"pi": (K,) proportions}).
 ClientState = dict[str, torch.Tensor]
@@ -191,10 +192,31 @@ class Strategy(EvaluationHooks):
         self.spec, self.fabric, self.seed = spec, fabric, seed
         self.client_state = {}
 
-    def initialize(self, clients: Sequence[ClientData]) -> Initialization:
-        """Optional federated stage before round 0 over every training client's
-        :class:`~fedgmi.data.ClientData` (used only through client-side computations)."""
+    def initialize(self, clients: ClientPool) -> Initialization:
+        """Optional federated stage before round 0 over the training clients: a
+        :class:`~fedgmi.federated.clients.ClientPool` (or, in process, a scenario or a sequence of
+        :class:`~fedgmi.data.ClientData`: wrap it with
+        :func:`~fedgmi.federated.clients.client_pool`). Every computation on a client's data is a
+        client step (``clients.call(step, requests, shared)``, run by :meth:`client_step` on the
+        client); the server only combines the replies. Default: no stage."""
         return Initialization()
+
+    def client_step(self, step: str, request: Payload, data: ClientData) -> Payload:
+        """The client side of the strategy's own client steps (its initialisation stage, see
+        :meth:`initialize`): compute on the client's own ``data`` what the server may see.
+
+        Args:
+            step: The step's name (the strategy's own, e.g. ``"topic.histogram"``).
+            request: The client's request and the shared settings (named tensors).
+            data: The client's :class:`~fedgmi.data.ClientData`.
+
+        Returns:
+            The reply (named tensors: their raw bytes are the step's uplink).
+
+        Raises:
+            ContractError: the strategy has no step of that name.
+        """
+        raise ContractError(f"{self.name}: no client step {step!r}")
 
     _global_state: tuple[torch.Tensor, ...] = ()
 

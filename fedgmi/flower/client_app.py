@@ -8,8 +8,9 @@ same client update as the in-process loop and keeps each client's state in its F
 strategy state the server sent (record ``"strategy"``): under Flower's subprocess isolation every
 message runs in a fresh process.
 
-Message types: ``query.clients`` (reply: ConfigRecord ``"node"`` with ``"client-ids"``) and
-``train`` (the tasks of the node's sampled clients, see :mod:`fedgmi.flower.wire`; reply: each
+Message types: ``query.clients`` (reply: ConfigRecord ``"node"`` with ``"client-ids"``),
+``query.step`` (a client step, :func:`step`: the initialisation stage's and the evaluation's
+computations on the node's clients) and ``train`` (the tasks of the node's sampled clients, see :mod:`fedgmi.flower.wire`; reply: each
 client's reply and new state, or a failure record: ``"failed"`` when the update raised,
 ``"diverged"`` on a NaN/Inf loss).
 """
@@ -22,6 +23,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedgmi.errors import ConfigError
+from fedgmi.federated.clients import run_client_step
 from fedgmi.federated.messages import ContractError
 from fedgmi.federated.worker import NonFiniteLossError
 from fedgmi.flower import wire
@@ -47,21 +49,83 @@ def _state_key(client_id: int) -> str:
     return f"fedgmi-client-{client_id}"
 
 
-def train(msg: Message, context: Context, run_config: dict | None = None) -> Message:
-    """The local updates of the node's clients in the message, in client-id order: the tasks in,
-    each client's reply and new state (or a failure record) out."""
-    side = _side(context, run_config)
-    strategy, device = side.strategy, side.strategy.fabric.device
+def _load_node_state(msg: Message, context: Context, side: ClientSide) -> None:
+    """Install the strategy's node state the server sent (kept in the node's context: under
+    subprocess isolation each message runs in a fresh process)."""
     blob = wire.received_strategy(msg.content)
-    if blob is not None:  # kept in the node's context: under subprocess isolation each message
-        wire.add_strategy(context.state, blob)  # runs in a fresh process
+    if blob is not None:
+        wire.add_strategy(context.state, blob)
     elif wire.STRATEGY in context.state.array_records:
         blob = wire.received_strategy(context.state)
     if blob is not None:
         digest = hashlib.sha256(blob).hexdigest()
         if digest != side.strategy_hash:  # e.g. FedGMI's topic model, after initialisation
-            strategy.load_node_state(wire.load_strategy_blob(blob))
+            side.strategy.load_node_state(wire.load_strategy_blob(blob))
             side.strategy_hash = digest
+
+
+def _client_state(msg: Message, context: Context, cid: int, device) -> dict:
+    """The client's state: the server's copy when it sent one (first contact, resume), else the
+    node's own."""
+    state = wire.received_state(msg.content, cid, device)
+    if state is None and _state_key(cid) in context.state.array_records:
+        state = wire.tensors(context.state.array_records[_state_key(cid)], device)
+    return state or {}
+
+
+def step(msg: Message, context: Context, run_config: dict | None = None) -> Message:
+    """A client step (:mod:`fedgmi.federated.clients`: the initialisation stage's and the
+    evaluation's computations) for the node's clients in the message, on their own data; each
+    client's scratch is kept in the node's context between steps, never sent."""
+    side = _side(context, run_config)
+    strategy, device = side.strategy, side.strategy.fabric.device
+    _load_node_state(msg, context, side)
+    name, cids, shared, global_state = wire.step_from(msg.content, device)
+    if global_state is not None:
+        set_global_state(strategy, global_state)
+    held = node_clients(context.node_config, len(side.scenario.clients))
+    out = RecordDict()
+    for cid in cids:
+        if cid not in held:
+            wire.add_failure(out, cid, "failed", f"node config: this node holds clients {held}, not client {cid}")
+            continue
+        strategy.client_state[cid] = _client_state(msg, context, cid, device)
+        key = f"fedgmi-scratch-{cid}"
+        scratch = wire.tensors(context.state.array_records[key], device) if key in context.state.array_records else {}
+        try:
+            reply = run_client_step(strategy, name, side.node_client(cid), {**shared, **wire.step_request(
+                msg.content, cid, device)}, scratch)
+        except ContractError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the server stops the stage with this line
+            wire.add_failure(out, cid, "failed", f"{type(err).__name__}: {err}")
+            continue
+        context.state[key] = wire.array_record(scratch)
+        wire.add_step_reply(out, cid, reply)
+    return Message(out, reply_to=msg)
+
+
+def set_global_state(strategy, global_state) -> None:
+    """Install the server's global vectors on the node's copy of the strategy.
+
+    Raises:
+        ContractError: the strategy derives its global state from other attributes (then its
+            evaluation cannot run on a node).
+    """
+    from fedgmi.federated.strategy import Strategy
+
+    if type(strategy).global_state is not Strategy.global_state:
+        raise ContractError(f"{strategy.name}: its global state is derived from its own attributes, so its "
+                            "evaluation cannot run on a Flower node")
+    strategy.global_state = global_state
+
+
+def train(msg: Message, context: Context, run_config: dict | None = None) -> Message:
+    """The local updates of the node's clients in the message, in client-id order: the tasks in,
+    each client's reply and new state (or a failure record) out."""
+    side = _side(context, run_config)
+    strategy, device = side.strategy, side.strategy.fabric.device
+    _load_node_state(msg, context, side)
     held = node_clients(context.node_config, len(side.scenario.clients))
     out = RecordDict()
     for cid in wire.task_ids(msg.content):
@@ -69,10 +133,7 @@ def train(msg: Message, context: Context, run_config: dict | None = None) -> Mes
             wire.add_failure(out, cid, "failed", f"node config: this node holds clients {held}, not client {cid}")
             continue
         task = wire.task_from(msg.content, cid, device)
-        state = wire.received_state(msg.content, cid, device)  # the server's copy wins: first contact, resume
-        if state is None and _state_key(cid) in context.state.array_records:
-            state = wire.tensors(context.state.array_records[_state_key(cid)], device)
-        state = state or {}
+        state = _client_state(msg, context, cid, device)
         try:
             reply, new_state = strategy.client_update(task, side.scenario.clients[cid], state)
         except NonFiniteLossError as err:
@@ -100,6 +161,10 @@ def make_client_app(run_config: dict | None = None) -> ClientApp:
     @client.train()
     def _train(msg: Message, context: Context) -> Message:
         return train(msg, context, run_config)
+
+    @client.query("step")
+    def _step(msg: Message, context: Context) -> Message:
+        return step(msg, context, run_config)
 
     return client
 

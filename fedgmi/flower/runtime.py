@@ -166,6 +166,12 @@ class ClientSide:
     seed: int
     strategy_hash: str = ""
 
+    def node_client(self, client_id: int):
+        """Client ``client_id`` as this node holds it (its data and its ground truth)."""
+        from fedgmi.federated.clients import scenario_clients
+
+        return scenario_clients(self.scenario)[int(client_id)]
+
 
 @lru_cache(maxsize=4)
 def client_side(config: str, overrides: tuple[str, ...]) -> ClientSide:
@@ -188,4 +194,6 @@ def client_side(config: str, overrides: tuple[str, ...]) -> ClientSide:
     train_ids, _ = objs.federation.split_clients(len(scenario.clients))
     spec = ProblemSpec.of(scenario, objs.algorithm, sum(len(scenario.clients[c].x_train) for c in train_ids))
     objs.algorithm.setup(spec, fabric, seed)
+    if objs.algorithm.uses_ground_truth:  # the Oracle (simulation only): its clients' true components
+        objs.algorithm.attach_ground_truth(scenario.truth)
     return ClientSide(objs.algorithm, scenario, seed)

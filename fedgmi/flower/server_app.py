@@ -12,11 +12,11 @@ screening, ``min_clients``, aggregation). Only the clients' part of a round runs
 or fails is left out of the round and counted in ``clients_failed``, as a failing client is in
 process.
 
-What the server still does itself, over the scenario it builds from the config: the
-strategy's initialisation stage (FedGMI's topic model; its exchanges are counted by the
-strategy as in process, ``init_exchanges``, and its global part goes to each node once, see
-:mod:`fedgmi.flower.wire`) and evaluation (it needs the ground truth). The rounds' traffic is
-Flower's.
+Every computation on a client's data runs on the node holding the client: the rounds' local
+updates (message type ``train``), and the strategy's initialisation stage and the evaluation,
+as client steps (:mod:`fedgmi.federated.clients`, message type ``query.step``): the server only
+combines what the replies carry. (The ground-truth scores are computed on the nodes, from
+their own clients' true components, and summed on the server.)
 
 A node's message holds its own clients' tasks and states and the strategy's
 :meth:`~fedgmi.federated.strategy.Strategy.node_state`, nothing of another node's clients
@@ -43,6 +43,7 @@ from rich.console import Console
 
 from fedgmi.atomic import write_atomic
 from fedgmi.errors import ConfigError
+from fedgmi.federated.clients import ClientPool
 from fedgmi.federated.messages import ContractError
 from fedgmi.federated.server import LoopState, TrainingDiverged, conclude_round, configure_tasks
 from fedgmi.flower import wire
@@ -69,18 +70,23 @@ def assign_clients(holder: Mapping[int, int], claims: Iterable[tuple[int, Iterab
     return out
 
 
-class FlowerRounds:
-    """Runs rounds with the clients' updates on Flower nodes (a ``round_runner`` of
-    :func:`~fedgmi.federated.server.run_federation`).
+class FlowerRounds(ClientPool):
+    """The clients on Flower nodes: runs rounds with their updates there (a ``round_runner`` of
+    :func:`~fedgmi.federated.server.run_federation`) and is their
+    :class:`~fedgmi.federated.clients.ClientPool` (the initialisation stage's and the
+    evaluation's client steps, message type ``query.step``).
 
     Args:
         grid: The ServerApp's Flower grid.
         settings: The run's :class:`~fedgmi.flower.runtime.RunSettings` (timeouts).
         log: Where progress lines go (one line each).
+        strategy: The server's strategy (its global state and node state go with the steps).
     """
 
-    def __init__(self, grid: Grid, settings: RunSettings, log: Callable[[str], None] = print) -> None:
-        self.grid, self.settings, self.log = grid, settings, log
+    def __init__(self, grid: Grid, settings: RunSettings, log: Callable[[str], None] = print,
+                 strategy: Any = None) -> None:
+        super().__init__()
+        self.grid, self.settings, self.log, self.strategy = grid, settings, log, strategy
         self.holder: dict[int, int] = {}  # client id -> node id
         self.queried: set[int] = set()  # nodes asked which clients they hold
         self.state_sent: set[tuple[int, int]] = set()  # (node, client): the node holds that client's state
@@ -149,6 +155,12 @@ class FlowerRounds:
         for task in node_tasks:
             known = (node, task.client_id) in self.state_sent
             wire.add_task(content, task, None if known else strategy.client_state.get(task.client_id, {}))
+        self._add_node_state(content, strategy, node)
+        return content
+
+    def _add_node_state(self, content: RecordDict, strategy, node: int) -> None:
+        """The strategy's node state for ``node``'s own clients, where it changed since the node
+        last got it."""
         own = sorted(cid for cid, held_by in self.holder.items() if held_by == node)
         extra = strategy.node_state(own)
         if extra:
@@ -157,7 +169,55 @@ class FlowerRounds:
             if self.strategy_sent.get(node) != digest:
                 wire.add_strategy(content, blob)
                 self.strategy_sent[node] = digest  # forgotten again if the node never replies
-        return content
+
+    # ------------------------------------------------------------------ client steps
+    @property
+    def client_ids(self) -> list[int]:
+        return sorted(self.holder)
+
+    def _call(self, step: str, requests: dict[int, dict], shared: dict) -> dict[int, dict]:
+        """One ``query.step`` message per node holding some of the clients (their requests, the
+        shared payload, the node state, the server's copy of a client's state where the node may
+        not hold it and, for the evaluation, the global vectors); waits up to round-timeout.
+
+        Raises:
+            RuntimeError: a client is held by no node, a node did not reply, or a client's step
+                failed on its node (one line naming them).
+        """
+        strategy = self.strategy
+        self.refresh()
+        by_node: dict[int, list[int]] = {}
+        for cid in sorted(requests):
+            if cid not in self.holder:
+                raise RuntimeError(f"step {step!r}: client {cid} is held by no connected node")
+            by_node.setdefault(self.holder[cid], []).append(cid)
+        messages = {}
+        for node, cids in by_node.items():
+            content = RecordDict()
+            wire.add_step(content, step, {c: requests[c] for c in cids}, shared,
+                          strategy.global_state if step.startswith("evaluate") else None)
+            for cid in cids:
+                if (node, cid) not in self.state_sent:
+                    content[f"{cid}.{wire.CLIENT_STATE}"] = wire.array_record(strategy.client_state.get(cid, {}))
+            self._add_node_state(content, strategy, node)
+            messages[node] = Message(content, dst_node_id=node, message_type="query.step")
+            self.counts["flower_bytes_down"] += wire.message_bytes(messages[node])
+        replies = list(self.grid.send_and_receive(list(messages.values()), timeout=self.settings.round_timeout))
+        node_of = {m.metadata.message_id: node for node, m in messages.items()}
+        answered = {node_of[r.metadata.reply_to_message_id]: r for r in replies}
+        out = {}
+        for node, cids in by_node.items():
+            reply = answered.get(node)
+            if reply is None or reply.has_error():
+                self.strategy_sent.pop(node, None)
+                why = "no reply within round-timeout" if reply is None else reply.error.reason
+                raise RuntimeError(f"step {step!r}: node {node} (clients {cids}): {' '.join(str(why).split())[:300]}")
+            self.counts["flower_bytes_up"] += wire.message_bytes(reply)
+            for cid in cids:
+                out[cid] = {k: v.to(strategy.fabric.device) for k, v in wire.step_reply(reply.content, cid).items()}
+        self.counts["messages_down"] += len(messages)
+        self.counts["messages_up"] += len(replies)
+        return out
 
     def __call__(self, strategy, scenario, federation, seed: int, rnd: int, train_ids: list[int],
                  state: LoopState, warn: Callable[[str], None], channel) -> dict[str, float]:
@@ -279,9 +339,9 @@ def fit_on_grid(grid: Grid, settings: RunSettings, console: Console | None = Non
     p = prepare(parser, cfg)
     loop = start_state(p, console)
     fed = p.objs.federation
-    train_ids, _ = fed.split_clients(len(p.scenario.clients))
-    rounds = FlowerRounds(grid, settings, lambda line: console.print(line, highlight=False))
-    rounds.discover(train_ids)
+    every = list(range(len(p.scenario.clients)))  # the evaluation reaches the unseen clients too
+    rounds = FlowerRounds(grid, settings, lambda line: console.print(line, highlight=False), p.strategy)
+    rounds.discover(every)
     last, write_eval, on_round_end = loop_callbacks(p)
 
     def on_eval(rnd: int, row: dict, result) -> None:
@@ -291,7 +351,7 @@ def fit_on_grid(grid: Grid, settings: RunSettings, console: Console | None = Non
                       f"client_accuracy_mean {row['client_accuracy_mean']:.4f}", highlight=False)
 
     try:
-        row, result = run_federation(p.strategy, p.scenario, fed, p.objs.evaluation, cfg.fit.seed, on_eval,
+        row, result = run_federation(p.strategy, rounds, fed, p.objs.evaluation, cfg.fit.seed, on_eval,
                                      on_round_end, loop, progress=False, channel=p.objs.channel,
                                      round_runner=rounds)
     except TrainingDiverged as err:

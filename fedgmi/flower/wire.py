@@ -55,6 +55,50 @@ from fedgmi.federated.messages import ClientReply, ClientTask
 
 GLOBAL, TASK, CLIENT_STATE, STRATEGY = "global", "task", "client-state", "strategy"
 UPDATES, WEIGHTS, REPLY = "updates", "weights", "reply"
+STEP, SHARED, REQUEST, STEP_REPLY = "step", "shared", "request", "step-reply"
+
+
+def add_step(content: RecordDict, step: str, requests: Mapping[int, Mapping[str, torch.Tensor]],
+             shared: Mapping[str, torch.Tensor], global_state: tuple[torch.Tensor, ...] | None) -> None:
+    """A client step's records (:mod:`fedgmi.federated.clients`): ``"step"`` (ConfigRecord: the
+    step's name and the client ids), ``"shared"`` (ArrayRecord, once per node), ``"<c>.request"``
+    per client and, for the evaluation's steps, ``"global"`` (the global vectors, once)."""
+    content[STEP] = ConfigRecord({"step": step, "client-ids": sorted(int(c) for c in requests)})
+    content[SHARED] = array_record(shared)
+    for cid, request in requests.items():
+        content[f"{cid}.{REQUEST}"] = array_record(request)
+    if global_state is not None:
+        content[GLOBAL] = array_record({str(m): t for m, t in enumerate(global_state)})
+
+
+def step_from(content: RecordDict, device: torch.device | str = "cpu") -> tuple[str, list[int], dict[str, torch.Tensor],
+                                                                               tuple[torch.Tensor, ...] | None]:
+    """(step, client ids, shared payload, global vectors or ``None``) of a step message."""
+    config = content.config_records[STEP]
+    vectors = tensors(content.array_records[GLOBAL], device) if GLOBAL in content.array_records else None
+    state = None if vectors is None else tuple(vectors[str(m)] for m in range(len(vectors)))
+    return (str(config["step"]), [int(c) for c in config["client-ids"]], tensors(content.array_records[SHARED], device),
+            state)
+
+
+def step_request(content: RecordDict, client_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Client ``client_id``'s own request in a step message."""
+    return tensors(content.array_records[f"{client_id}.{REQUEST}"], device)
+
+
+def add_step_reply(content: RecordDict, client_id: int, reply: Mapping[str, torch.Tensor]) -> None:
+    """Client ``client_id``'s step reply (ArrayRecord ``"<c>.step-reply"``)."""
+    content[f"{client_id}.{STEP_REPLY}"] = array_record(reply)
+
+
+def step_reply(content: RecordDict, client_id: int) -> dict[str, torch.Tensor]:
+    """Client ``client_id``'s step reply (raises RuntimeError with the node's one-line error when
+    the client's step failed there)."""
+    key = f"{client_id}.{STEP_REPLY}"
+    if key not in content.array_records:
+        status, error, _ = reply_status(content, client_id)
+        raise RuntimeError(f"client {client_id}: {error or status}")
+    return tensors(content.array_records[key])
 
 
 def array_record(tensors: Mapping[str, torch.Tensor]) -> ArrayRecord:

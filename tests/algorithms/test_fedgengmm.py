@@ -28,7 +28,7 @@ def test_fedgengmm_initialize_counts_the_one_shot_bytes_and_trains_classifiers(m
     strategy = make_peer(FedGenGMM, feature_dim=4, local_components=2, synthetic_samples=2000, local_epochs=1)
     stats = run_initialize(strategy, small_scenario.clients)
     c = len(small_scenario.clients)
-    assert stats.bytes_up == c * 4 * (2 + 2 * 4 + 2 * 16)
+    assert stats.bytes_up == c * (8 * (2 + 2 * 4 + 2 * 16) + 8)  # float64 local mixtures and n_c
     assert stats.bytes_down == c * 4 * (3 + 3 * 4 + 3 * 16)
     assert stats.exchanges == 2 and stats.client_states == {}
     task = strategy.configure_round(0, [0])[0]

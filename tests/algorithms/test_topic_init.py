@@ -95,7 +95,8 @@ def test_topic_init_bytes_are_the_one_shot_protocol_and_do_not_grow_with_em_iter
     kfed = c * 3 * (d + 1) * 4  # local centroids and their counts
     lloyd_up, lloyd_down = 2 * c * m * (d + 1) * 4, 2 * c * m * d * 4
     assert short.bytes_up == kfed + lloyd_up + c * m * 4  # + each client's histogram
-    assert short.bytes_down == lloyd_down + c * m * d * 4 + c * (k * m + k) * 4  # centroids; beta and its pi
+    settings = c * 2 * 8  # the k-means step's local_clusters and seed (int64 each)
+    assert short.bytes_down == settings + lloyd_down + c * m * d * 4 + c * (k * m + k) * 4  # centroids; beta and its pi
     assert short.exchanges == 1 + 2 + 1 + 1
     # the server's EM on the uploaded histograms is the computation the iterated protocol did
     hists = np.stack([np.bincount(nearest_centroid(x, short.centroids).numpy(), minlength=m) for x in clients])
