@@ -36,8 +36,8 @@ import torch
 
 from fedgmi.algorithms.topic_init import CLIENT_STEPS as TOPIC_STEPS
 from fedgmi.algorithms.topic_init import TopicInit, fit_topic_init
-from fedgmi.federated.clients import client_pool
 from fedgmi.errors import ConfigError
+from fedgmi.federated.clients import client_pool
 from fedgmi.federated.messages import ClientReply, ClientTask, derive_seed
 from fedgmi.federated.responsibilities import check_rule, estimate_proportions, label_log_likelihood
 from fedgmi.federated.strategy import (

@@ -36,7 +36,13 @@ import torch
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from fedgmi.federated.clients import ClientPool, InProcessClients, NodeClient, Payload, payload_bytes
+from fedgmi.federated.clients import (
+    ClientPool,
+    InProcessClients,
+    NodeClient,
+    Payload,
+    payload_bytes,
+)
 
 if TYPE_CHECKING:
     from fedgmi.data.scenario import ClientData

@@ -179,14 +179,10 @@ class InProcessClients(ClientPool):
     def _call(self, step: str, requests: dict[int, Payload], shared: Payload) -> dict[int, Payload]:
         out = {}
         for cid in sorted(requests):
+            if cid not in self.clients:
+                raise RuntimeError(f"step {step!r}: no client {cid} in this pool")
             scratch = self.scratch.setdefault(cid, {})
-            try:
-                out[cid] = run_client_step(self.strategy, step, self.clients[cid], {**shared, **requests[cid]},
-                                           scratch)
-            except KeyError as err:
-                if cid not in self.clients:
-                    raise RuntimeError(f"step {step!r}: no client {cid} in this pool") from None
-                raise err
+            out[cid] = run_client_step(self.strategy, step, self.clients[cid], {**shared, **requests[cid]}, scratch)
         return out
 
 
@@ -218,5 +214,16 @@ def run_client_step(strategy: Strategy, step: str, client: NodeClient, request: 
     return strategy.client_step(step, request, client.data)
 
 
-__all__ = ["ClientPool", "PoolView", "ClientTruth", "InProcessClients", "NodeClient", "Payload", "client_pool",
-           "payload_bytes", "run_client_step", "scalar", "scenario_clients"]
+__all__ = [
+    "ClientPool",
+    "ClientTruth",
+    "InProcessClients",
+    "NodeClient",
+    "Payload",
+    "PoolView",
+    "client_pool",
+    "payload_bytes",
+    "run_client_step",
+    "scalar",
+    "scenario_clients",
+]

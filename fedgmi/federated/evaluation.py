@@ -42,9 +42,9 @@ import torch
 from scipy.special import logsumexp
 
 from fedgmi.errors import ConfigError
-from fedgmi.federated.strategy import EvaluationHooks, Strategy
 from fedgmi.federated.clients import NodeClient, Payload, client_pool
 from fedgmi.federated.messages import derive_seed
+from fedgmi.federated.strategy import EvaluationHooks, Strategy
 from fedgmi.metrics import (
     AssignmentAccuracy,
     ComponentMatching,
