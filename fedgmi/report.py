@@ -15,7 +15,7 @@ CURVE_KEYS = ("assignment_accuracy", "proportion_error_tv", "client_accuracy_mea
 
 @torch.no_grad()
 def write_plots(run_dir: Path, strategy, scenario, result, num_images: int = 8, seed: int = 0,
-                rounds: int | None = None) -> dict[str, Path]:
+                rounds: int | None = None, info=None) -> dict[str, Path]:
     """Write the run's PNGs and return them by name.
 
     proportions (estimated vs true, per client and component; only for a strategy that models
@@ -24,9 +24,12 @@ def write_plots(run_dir: Path, strategy, scenario, result, num_images: int = 8, 
     inherent distribution and their reconstruction by its matched component), curves (metrics
     over rounds, from metrics.csv, a tick for each of the ``rounds``), accuracy_vs_bytes (assignment_accuracy and
     proportion_error_tv against cumulative uplink bytes) and component_accuracy (the matched table as a heatmap).
+    ``info`` (:class:`fedgmi.run.FederationInfo`) gives the names and the truth when there is no
+    ``scenario`` (a Flower server: then no image plots, it holds no test image).
     """
     out = run_dir / "plots"
-    names = scenario.component_names
+    names = scenario.component_names if scenario is not None else info.component_names
+    truth = scenario.truth.proportions.numpy() if scenario is not None else info.true_proportions
     learned = learned_order(result.mapping)  # learned j by true component (one-to-one: true t -> learned j)
     columns = matched_column_names(result.mapping)  # "c{t}" one-to-one, "c{j}>p{t}" many-to-one
     rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader((run_dir / "metrics.csv").open())]
@@ -39,9 +42,9 @@ def write_plots(run_dir: Path, strategy, scenario, result, num_images: int = 8, 
             columns),
     }
     if getattr(strategy, "models_mixture", True):  # FedAvg, Local, PFedGM, FedVTC: no mixture to draw
-        written["proportions"] = plots.plot_proportions(result.proportions_by_true, scenario.truth.proportions.numpy(),
+        written["proportions"] = plots.plot_proportions(result.proportions_by_true, truth,
                                                         names, out / "proportions.png")
-    if not hasattr(strategy, "load_vae"):  # peers without VAE components: no image plots
+    if not hasattr(strategy, "load_vae") or scenario is None:  # no VAEs, or no test images here (a Flower server)
         return written
     samples, pairs, labels = [], [], []
     x_test = torch.cat([c.x_test for c in scenario.clients])

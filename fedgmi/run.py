@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
 import lightning
+import numpy as np
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 from rich.console import Console
@@ -73,25 +74,62 @@ from fedgmi.run_folder import release
 from fedgmi.selection import check_selectable, print_selection, run_selection
 
 
+@dataclass(frozen=True)
+class FederationInfo:
+    """What the server knows of the federation's data: sizes, shapes and names, never the data
+    (from the scenario in process; from the nodes' answers on Flower).
+
+    Attributes:
+        num_clients: C.
+        image_shape: (C, H, W) of one input.
+        num_classes: Y.
+        num_components: The config's true K (the default number of components to learn).
+        train_sizes: Client id -> its number of training examples.
+        component_names: K_true names of the inherent distributions.
+        true_proportions: (C, K_true) the clients' true proportions, NaN where the server does
+            not know them (a deployment: the nodes score them and send the errors only).
+    """
+
+    num_clients: int
+    image_shape: tuple[int, ...]
+    num_classes: int
+    num_components: int
+    train_sizes: dict[int, int]
+    component_names: list[str]
+    true_proportions: np.ndarray
+
+    @classmethod
+    def of(cls, scenario: Scenario) -> FederationInfo:
+        """The info of a simulated scenario (in process)."""
+        return cls(len(scenario.clients), tuple(scenario.image_shape), scenario.num_classes, scenario.num_components,
+                   {c.client_id: len(c.x_train) for c in scenario.clients}, list(scenario.component_names),
+                   scenario.truth.proportions.numpy())
+
+
 @dataclass
 class Prepared:
-    """Everything a subcommand works with, built from its config."""
+    """Everything a subcommand works with, built from its config (``scenario`` is ``None`` on
+    a Flower server: it holds no client's data)."""
 
-    scenario: Scenario
+    scenario: Scenario | None
     strategy: Strategy
     fabric: lightning.Fabric
     run: RunDirectory
     objs: Namespace
     unseen: set[int]
     checkpoint: dict | None
+    info: FederationInfo | None = None
 
 
 
-def prepare(parser: ArgumentParser, cfg: Namespace, checked: tuple | None = None) -> Prepared:
+def prepare(parser: ArgumentParser, cfg: Namespace, checked: tuple | None = None,
+            info: FederationInfo | None = None) -> Prepared:
     """Config -> scenario, strategy (set up, restored from the checkpoint if any), Fabric and run
     directory (created once every input checked; config.yaml written once everything matched).
-    ``checked``: what :func:`instantiate` returned, when the caller ran it already."""
+    ``checked``: what :func:`instantiate` returned, when the caller ran it already; ``info``:
+    the federation's sizes and shapes when there is no scenario (a Flower server)."""
     objs, scenario, checkpoint = checked or instantiate(parser, cfg)
+    info = info or FederationInfo.of(scenario)
     sub_cfg = cfg[cfg.subcommand]
     path = run_path(cfg.subcommand, sub_cfg, objs)
     resuming = cfg.subcommand == "fit" and checkpoint is not None
@@ -102,8 +140,9 @@ def prepare(parser: ArgumentParser, cfg: Namespace, checked: tuple | None = None
     fabric = objs.fabric.build(loggers)
     run = RunDirectory(fabric.broadcast(str(path), src=0))  # the same folder on every rank
     lightning.seed_everything(sub_cfg.seed, verbose=False)
-    train_ids, unseen_ids = objs.federation.split_clients(len(scenario.clients))
-    spec = ProblemSpec.of(scenario, objs.algorithm, sum(len(scenario.clients[c].x_train) for c in train_ids))
+    train_ids, unseen_ids = objs.federation.split_clients(info.num_clients)
+    spec = ProblemSpec(tuple(info.image_shape), int(objs.algorithm.num_components or info.num_components),
+                       info.num_classes, info.num_clients, sum(info.train_sizes[c] for c in train_ids))
     objs.algorithm.setup(spec, fabric, sub_cfg.seed)
     if checkpoint is not None:
         signature = strategy_signature(objs.algorithm.name, objs.algorithm.global_state)
@@ -114,18 +153,18 @@ def prepare(parser: ArgumentParser, cfg: Namespace, checked: tuple | None = None
         run.write_config(config_text)
     tracking.log_hyperparams(fabric, yaml.safe_load(config_text))
     unseen = set(unseen_ids)
-    return Prepared(scenario, objs.algorithm, fabric, run, objs, unseen, checkpoint)
+    return Prepared(scenario, objs.algorithm, fabric, run, objs, unseen, checkpoint, info)
 
 
 def write_evaluation(p: Prepared, result: Evaluation, row: dict) -> None:
     """proportions.csv and component_accuracy.csv of one evaluation."""
-    p.run.write_proportions(result, p.scenario.truth.proportions.numpy(), p.scenario.component_names, p.unseen)
-    p.run.write_component_accuracy(result, p.scenario.component_names)
+    p.run.write_proportions(result, p.info.true_proportions, p.info.component_names, p.unseen)
+    p.run.write_component_accuracy(result, p.info.component_names)
 
 
 def finish(p: Prepared, row: dict, result: Evaluation, wall_time_s: float, console: Console) -> dict:
     """metrics.json, plots (also sent to the loggers), the summary and the component table."""
-    names = p.scenario.component_names
+    names = p.info.component_names
     final = {**row, "rounds": p.objs.federation.rounds, "wall_time_s": wall_time_s,
              "component_matching": result.mapping,
              "test_nll_per_component": dict(zip(names, result.test_nll)),
@@ -133,7 +172,7 @@ def finish(p: Prepared, row: dict, result: Evaluation, wall_time_s: float, conso
              "component_accuracy_matched": result.component_accuracy_matched,
              "client_model_accuracy": dict(zip(names, result.client_model_accuracy))}
     p.run.write_metrics_json(final)
-    tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.seed,
+    tracking.finish(p.fabric, write_plots(p.run.path, p.strategy, p.scenario, result, seed=p.objs.seed, info=p.info,
                                           rounds=p.objs.federation.rounds))
     print_summary(final, p.run.path, console, algorithm=type(p.strategy).__name__)
     print_component_table(result, names, console)
@@ -146,7 +185,8 @@ def checkpoint_state(p: Prepared, loop: LoopState) -> dict:
             "channel": p.objs.channel.state_dict(),
             "rng": rng_states(), "wandb_id": tracking.wandb_run_id(p.fabric),
             "signature": strategy_signature(p.strategy.name, p.strategy.global_state),
-            "scenario": scenario_signature(p.scenario, p.objs.seed, p.objs.federation.unseen_fraction)}
+            "scenario": None if p.scenario is None else
+            scenario_signature(p.scenario, p.objs.seed, p.objs.federation.unseen_fraction)}
 
 
 def resume_command(run: Path) -> str:
@@ -169,7 +209,9 @@ def start_state(p: Prepared, console: Console) -> LoopState:
             tracking.replay_to_wandb(p.fabric, p.run.path / "metrics.csv")
         console.print(f"resuming {p.run.path} after round {loop.next_round}")
     if p.fabric.is_global_zero:
-        console.print(p.scenario.summary())
+        console.print(p.scenario.summary() if p.scenario is not None else
+                      f"federation: {p.info.num_clients} clients on Flower nodes, inputs {p.info.image_shape}, "
+                      f"{p.info.num_classes} classes (the server holds no client's data)")
     return loop
 
 

@@ -220,12 +220,13 @@ def _same_path(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, Scenario, dict | None]:
+def instantiate(parser: ArgumentParser, cfg: Namespace, data: bool = True) -> tuple[Namespace, Scenario | None, dict | None]:
     """Validate everything before any work: config objects (every section, the algorithm and
     its component, head and optimizer, built once on the CPU), the accelerator, the output
     folder, the scenario (data files) and the checkpoint, if one is given, against the
     scenario. Raises ConfigError (one line naming the full key) on the first bad input.
-    Writes nothing."""
+    Writes nothing. With ``data=False`` (a Flower server, a node with its own data file) no
+    scenario is built and no data file is read: the scenario returned is ``None``."""
     sub_parser = subcommand_parser(parser, cfg.subcommand)
     sub_cfg = cfg[cfg.subcommand]
     check_int("seed", sub_cfg.seed, 0, MAX_SEED)
@@ -251,6 +252,10 @@ def instantiate(parser: ArgumentParser, cfg: Namespace) -> tuple[Namespace, Scen
     if objs.scenario.seed is None:  # scenario.seed: null follows the run's seed
         objs.scenario.seed = sub_cfg.seed
         sub_cfg.scenario.seed = sub_cfg.seed
+    if not data:
+        objs.federation.clients_per_round(objs.scenario.num_clients)
+        warn_unread_fields(sub_cfg)
+        return objs, None, checkpoint
     scenario_cfg = objs.scenario
     if cfg.subcommand == "validate" and scenario_cfg.download:  # validate neither downloads nor creates
         scenario_cfg = copy.copy(scenario_cfg)

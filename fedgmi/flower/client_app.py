@@ -1,8 +1,9 @@
 """The Flower ``ClientApp``: ``strategy.client_update`` on the data a node holds.
 
-A node builds the scenario and the strategy from the run's fedgmi config
-(:func:`~fedgmi.flower.runtime.client_side`, once per process) and holds the clients its node
-config names (:func:`~fedgmi.flower.runtime.node_clients`). For each task message it runs the
+A node builds the strategy from the run's fedgmi config (:func:`~fedgmi.flower.runtime.client_side`,
+once per process) and holds either its own data file's clients (node config ``data-file``,
+:mod:`fedgmi.flower.node_data`: a deployment) or the clients its node config names of a
+simulated scenario it builds (``client-ids``). For each task message it runs the
 same client update as the in-process loop and keeps each client's state in its Flower context
 (``context.state``, record ``"fedgmi-client-<id>"``) between rounds, and there too the
 strategy state the server sent (record ``"strategy"``): under Flower's subprocess isolation every
@@ -25,24 +26,25 @@ from flwr.clientapp import ClientApp
 from fedgmi.errors import ConfigError
 from fedgmi.federated.clients import run_client_step
 from fedgmi.federated.messages import ContractError
-from fedgmi.federated.worker import NonFiniteLossError
+from fedgmi.federated.worker import NonFiniteLossError, counted_client_update
 from fedgmi.flower import wire
-from fedgmi.flower.runtime import ClientSide, RunSettings, client_side, node_clients
+from fedgmi.flower.runtime import ClientSide, RunSettings, client_side, data_file
 
 
 def _side(context: Context, run_config: dict | None = None) -> ClientSide:
     settings = RunSettings.from_run_config({**dict(context.run_config), **(run_config or {})})
-    return client_side(settings.config, settings.overrides)
+    return client_side(settings.config, settings.overrides, data_file(context.node_config))
 
 
 def clients(msg: Message, context: Context, run_config: dict | None = None) -> Message:
-    """Reply with the client ids this node holds (a bad node config: a one-line error)."""
-    side = _side(context, run_config)
+    """Reply with the client ids this node holds and their sizes and shapes
+    (:meth:`~fedgmi.flower.runtime.ClientSide.describe`; a bad node config or node file: a
+    one-line error)."""
     try:
-        ids = node_clients(context.node_config, len(side.scenario.clients))
+        record = _side(context, run_config).describe(context.node_config)
     except ConfigError as err:
         return Message(RecordDict({"node": ConfigRecord({"client-ids": [], "error": str(err)})}), reply_to=msg)
-    return Message(RecordDict({"node": ConfigRecord({"client-ids": ids})}), reply_to=msg)
+    return Message(RecordDict({"node": ConfigRecord(record)}), reply_to=msg)
 
 
 def _state_key(client_id: int) -> str:
@@ -83,7 +85,7 @@ def step(msg: Message, context: Context, run_config: dict | None = None) -> Mess
     name, cids, shared, global_state = wire.step_from(msg.content, device)
     if global_state is not None:
         set_global_state(strategy, global_state)
-    held = node_clients(context.node_config, len(side.scenario.clients))
+    held = side.held(context.node_config)
     out = RecordDict()
     for cid in cids:
         if cid not in held:
@@ -126,7 +128,7 @@ def train(msg: Message, context: Context, run_config: dict | None = None) -> Mes
     side = _side(context, run_config)
     strategy, device = side.strategy, side.strategy.fabric.device
     _load_node_state(msg, context, side)
-    held = node_clients(context.node_config, len(side.scenario.clients))
+    held = side.held(context.node_config)
     out = RecordDict()
     for cid in wire.task_ids(msg.content):
         if cid not in held:
@@ -135,7 +137,7 @@ def train(msg: Message, context: Context, run_config: dict | None = None) -> Mes
         task = wire.task_from(msg.content, cid, device)
         state = _client_state(msg, context, cid, device)
         try:
-            reply, new_state = strategy.client_update(task, side.scenario.clients[cid], state)
+            reply, new_state = counted_client_update(strategy, task, side.node_client(cid).data, state)
         except NonFiniteLossError as err:
             wire.add_failure(out, cid, "diverged", str(err))
             continue

@@ -17,7 +17,9 @@ Run config keys (``[tool.flwr.app.config]`` of ``fedgmi/flower/app/pyproject.tom
 Node config keys (``flower-supernode --node-config``; the simulation engine sets the
 ``partition-id``/``num-partitions`` pair itself):
 
-- ``client-ids`` (str): the fedgmi client ids whose data the node holds, e.g. ``"3"``,
+- ``data-file`` (str): the node's own data, a tensor file (:mod:`fedgmi.flower.node_data`);
+  the node then builds no scenario and reads no data folder (a deployment);
+- else ``client-ids`` (str): the fedgmi client ids whose data the node holds, e.g. ``"3"``,
   ``"0,4,7"`` or ``"0-9"``;
 - else ``partition-id`` and ``num-partitions`` (int): the node holds the clients c with
   c % num-partitions == partition-id.
@@ -158,42 +160,92 @@ def node_clients(node_config: Mapping[str, Any], num_clients: int) -> list[int]:
 
 @dataclass
 class ClientSide:
-    """What a node builds from the run config: the strategy (set up as the server sets it up),
-    the scenario (every client's data; the node uses only its own clients') and the settings."""
+    """What a node builds from the run config: the strategy (set up as the server sets it up) and
+    the data it holds: its own node file (``data-file``), or a simulated scenario (every client's
+    data; the node uses only its own clients')."""
 
     strategy: Any
     scenario: Any
     seed: int
     strategy_hash: str = ""
+    node: Any = None  # fedgmi.flower.node_data.NodeData, with a data-file
+
+    def held(self, node_config: Mapping[str, Any]) -> list[int]:
+        """The client ids this node holds (its file's, or its node config's of the scenario).
+
+        Raises:
+            ConfigError: a bad node config (one line).
+        """
+        if self.node is not None:
+            return self.node.client_ids
+        return node_clients(node_config, len(self.scenario.clients))
 
     def node_client(self, client_id: int):
-        """Client ``client_id`` as this node holds it (its data and its ground truth)."""
+        """Client ``client_id`` as this node holds it (its data and, where known, its ground truth)."""
+        if self.node is not None:
+            return self.node.clients[int(client_id)]
         from fedgmi.federated.clients import scenario_clients
 
         return scenario_clients(self.scenario)[int(client_id)]
 
+    def describe(self, node_config: Mapping[str, Any]) -> dict[str, Any]:
+        """What the node tells the server when asked which clients it holds: their ids and, with
+        a data file, the sizes and shapes the server sets the strategy up with."""
+        ids = self.held(node_config)
+        if self.node is not None:
+            return {"client-ids": ids, **self.node.describe()}
+        sizes = [len(self.scenario.clients[c].x_train) for c in ids]
+        return {"client-ids": ids, "image-shape": list(self.scenario.image_shape),
+                "num-classes": int(self.scenario.num_classes), "train-sizes": sizes, "has-truth": True,
+                "component-names": list(self.scenario.component_names)}
 
-@lru_cache(maxsize=4)
-def client_side(config: str, overrides: tuple[str, ...]) -> ClientSide:
-    """Build (once per process and run config) the client side of a run: parse and check the
-    fedgmi config as ``fedgmi fit`` does, build the scenario, set the strategy up on a
-    one-device Fabric (no loggers, no run folder).
+
+def data_file(node_config: Mapping[str, Any]) -> str:
+    """The node config's ``data-file`` ("" when the node uses a simulated scenario).
 
     Raises:
-        ConfigError: a bad config value (one line).
+        ConfigError: ``data-file`` together with ``client-ids`` (the file says which clients).
+    """
+    path = str(node_config.get("data-file", ""))
+    if path and "client-ids" in node_config:
+        raise ConfigError(f"node config: data-file = {path!r} and client-ids = {node_config['client-ids']!r}: give "
+                          "one (a data file holds its clients' ids)")
+    return path
+
+
+@lru_cache(maxsize=4)
+def client_side(config: str, overrides: tuple[str, ...], data: str = "") -> ClientSide:
+    """Build (once per process and run config) the client side of a run: parse and check the
+    fedgmi config as ``fedgmi fit`` does, then either read the node's own ``data`` file
+    (:mod:`fedgmi.flower.node_data`; no scenario is built, no shared folder read) or build the
+    scenario, and set the strategy up on a one-device Fabric (no loggers, no run folder).
+
+    Raises:
+        ConfigError: a bad config value or node file (one line).
     """
     from fedgmi.federated.strategy import ProblemSpec
     from fedgmi.run_config import build_parser, instantiate
 
     parser = build_parser()
     cfg = parser.parse_args(RunSettings(config, overrides).fit_args(server=False))
-    objs, scenario, _ = instantiate(parser, cfg)
+    objs, scenario, _ = instantiate(parser, cfg, data=not data)
     fabric = lightning.Fabric(accelerator=objs.fabric.accelerator, devices=1, precision=objs.fabric.precision)
     seed = int(cfg.fit.seed)
     lightning.seed_everything(seed, verbose=False)
-    train_ids, _ = objs.federation.split_clients(len(scenario.clients))
-    spec = ProblemSpec.of(scenario, objs.algorithm, sum(len(scenario.clients[c].x_train) for c in train_ids))
+    node = None
+    if data:
+        from fedgmi.flower.node_data import load_node_data
+
+        node = load_node_data(data)
+        if objs.algorithm.uses_ground_truth:
+            raise ConfigError(f"algorithm = {objs.algorithm.name} needs the scenario's ground truth on every "
+                              "client: a simulation only, not a node with its own data file")
+        k = objs.algorithm.num_components or objs.scenario.num_components
+        spec = ProblemSpec(node.image_shape, int(k), node.num_classes, int(objs.scenario.num_clients))
+    else:
+        train_ids, _ = objs.federation.split_clients(len(scenario.clients))
+        spec = ProblemSpec.of(scenario, objs.algorithm, sum(len(scenario.clients[c].x_train) for c in train_ids))
     objs.algorithm.setup(spec, fabric, seed)
     if objs.algorithm.uses_ground_truth:  # the Oracle (simulation only): its clients' true components
         objs.algorithm.attach_ground_truth(scenario.truth)
-    return ClientSide(objs.algorithm, scenario, seed)
+    return ClientSide(objs.algorithm, scenario, seed, node=node)

@@ -88,6 +88,7 @@ class FlowerRounds(ClientPool):
         super().__init__()
         self.grid, self.settings, self.log, self.strategy = grid, settings, log, strategy
         self.holder: dict[int, int] = {}  # client id -> node id
+        self.described: dict[int, dict[str, Any]] = {}  # node -> its answer (client ids, sizes, shapes)
         self.queried: set[int] = set()  # nodes asked which clients they hold
         self.state_sent: set[tuple[int, int]] = set()  # (node, client): the node holds that client's state
         self.strategy_sent: dict[int, str] = {}  # node -> hash of the strategy state it holds
@@ -111,6 +112,7 @@ class FlowerRounds(ClientPool):
             if record.get("error"):
                 raise ConfigError(f"node {node}: {record['error']}")
             self.holder = assign_clients(self.holder, [(node, record["client-ids"])])
+            self.described[node] = dict(record)
             self.queried.add(node)
 
     def refresh(self, timeout: float = 30.0) -> set[int]:
@@ -144,6 +146,30 @@ class FlowerRounds(ClientPool):
                                   f"{self.settings.node_timeout} s; start SuperNodes with --node-config "
                                   "\"client-ids='...'\"")
             time.sleep(0.5)
+
+    def federation_info(self, num_clients: int, num_components: int):
+        """The federation's sizes and shapes from the nodes' answers
+        (:class:`~fedgmi.run.FederationInfo`; the true proportions unknown: NaN).
+
+        Raises:
+            ConfigError: the nodes' inputs or classes disagree (one line).
+        """
+        import numpy as np
+
+        from fedgmi.run import FederationInfo
+
+        answers = [self.described[n] for n in sorted(set(self.holder.values()))]
+        shapes = {tuple(int(s) for s in a["image-shape"]) for a in answers}
+        classes = {int(a["num-classes"]) for a in answers}
+        if len(shapes) != 1 or len(classes) != 1:
+            raise ConfigError(f"the nodes' data disagree: input shapes {sorted(shapes)}, classes {sorted(classes)}; "
+                              "every node must hold inputs of one shape and one label set")
+        sizes = {int(c): int(n) for a in answers for c, n in zip(a["client-ids"], a["train-sizes"])}
+        names = {tuple(a.get("component-names") or ()) for a in answers}
+        named = next(iter(names)) if len(names) == 1 and all(a.get("has-truth") for a in answers) else ()
+        names_list = list(named) or [f"component{t}" for t in range(num_components)]
+        return FederationInfo(num_clients, next(iter(shapes)), next(iter(classes)), num_components, sizes, names_list,
+                              np.full((num_clients, len(names_list)), np.nan))
 
     # ------------------------------------------------------------------ rounds
     def node_content(self, strategy, node: int, node_tasks: list) -> RecordDict:
@@ -331,17 +357,21 @@ def fit_on_grid(grid: Grid, settings: RunSettings, console: Console | None = Non
     """
     from fedgmi.federated.server import run_federation
     from fedgmi.run import finish, loop_callbacks, parse, prepare, start_state
+    from fedgmi.run_config import instantiate
 
     if not Console().is_terminal:  # a log (Flower's log stream, a file): one line per message, unwrapped
         rich.reconfigure(soft_wrap=True)
     console = console or Console(soft_wrap=True)
     parser, cfg = parse(settings.fit_args(server=True))
-    p = prepare(parser, cfg)
+    objs, _, checkpoint = instantiate(parser, cfg, data=False)  # the server reads no client's data
+    rounds = FlowerRounds(grid, settings, lambda line: console.print(line, highlight=False))
+    num_clients = int(objs.scenario.num_clients)
+    rounds.discover(list(range(num_clients)))  # the evaluation reaches the unseen clients too
+    info = rounds.federation_info(num_clients, int(objs.scenario.num_components))
+    p = prepare(parser, cfg, (objs, None, checkpoint), info)
+    rounds.strategy = p.strategy
     loop = start_state(p, console)
     fed = p.objs.federation
-    every = list(range(len(p.scenario.clients)))  # the evaluation reaches the unseen clients too
-    rounds = FlowerRounds(grid, settings, lambda line: console.print(line, highlight=False), p.strategy)
-    rounds.discover(every)
     last, write_eval, on_round_end = loop_callbacks(p)
 
     def on_eval(rnd: int, row: dict, result) -> None:
