@@ -118,7 +118,7 @@ class Prepared:
     objs: Namespace
     unseen: set[int]
     checkpoint: dict | None
-    info: FederationInfo | None = None
+    info: FederationInfo
 
 
 
@@ -322,6 +322,7 @@ def run_validate(parser: ArgumentParser, cfg: Namespace, console: Console) -> di
     """Check the config, its data files, the output folder and the checkpoint; run and write
     nothing (no folder, no download)."""
     objs, scenario, checkpoint = instantiate(parser, cfg)
+    assert scenario is not None  # instantiate builds it unless told data=False
     console.print(f"config OK: {type(objs.algorithm).__name__}, {len(scenario.clients)} clients, "
                   f"K = {scenario.num_components}, {objs.federation.rounds} rounds"
                   + (f"; checkpoint at round {checkpoint['round']}" if checkpoint else ""))
