@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,16 +89,17 @@ def federation(tmp_path_factory):
         yield fed
 
 
-def test_deployment_run_equals_in_process_run(federation: Loopback, tmp_path: Path) -> None:
-    """3 rounds of FedGMI through a SuperLink and two SuperNodes end with the in-process run's
-    global state (largest absolute difference <= 1e-6; measured 0.0) and metrics."""
-    overrides = f"{SMALL} --federation.rounds 3"
+def check_equals_in_process(fed: Loopback, start: Callable[[str], subprocess.Popen], overrides: str,
+                            tmp_path: Path) -> None:
+    """``start(run_config)`` (a ``flwr run`` on ``fed``) with ``overrides`` ends with the global
+    state (largest absolute difference <= 1e-6; measured 0.0), client proportions and metrics of
+    ``fedgmi fit`` with the same overrides, and Flower's payloads are fedgmi's byte counts."""
     flower_dir, local_dir = tmp_path / "flower", tmp_path / "local"
-    proc = federation.run(f"overrides='{overrides} --output_dir {flower_dir}'", timeout=240)
+    proc = start(f"overrides='{overrides} --output_dir {flower_dir}'")
     done = _fit("--config", "configs/pm_digits.yaml", *overrides.split(), "--output_dir", str(local_dir))
     assert done.returncode == 0, done.stderr[-2000:]
-    _wait(proc, 240, federation)
-    assert proc.returncode == 0 and (flower_dir / "metrics.json").is_file(), federation.log("flwr-run")[-3000:]
+    _wait(proc, 240, fed)
+    assert proc.returncode == 0 and (flower_dir / "metrics.json").is_file(), fed.log("flwr-run")[-3000:]
     a = torch.load(flower_dir / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(local_dir / "checkpoints" / "last.ckpt", weights_only=True)
     diff = max(float((x - y).abs().max()) for x, y in zip(a["strategy"]["global_state"], b["strategy"]["global_state"]))
@@ -111,6 +113,13 @@ def test_deployment_run_equals_in_process_run(federation: Loopback, tmp_path: Pa
     report = json.loads((flower_dir / "flower.json").read_text())
     assert report["fedgmi_bytes_up"] == mb["bytes_up_rounds"] and report["fedgmi_bytes_down"] == mb["bytes_down_rounds"]
     assert report["flower_bytes_up"] > report["flower_payload_bytes_up"] == mb["bytes_up_rounds"]
+
+
+def test_deployment_run_equals_in_process_run(federation: Loopback, tmp_path: Path) -> None:
+    """3 rounds of FedGMI through a SuperLink and two SuperNodes end with the in-process run (see
+    :func:`check_equals_in_process`)."""
+    check_equals_in_process(federation, lambda run_config: federation.run(run_config, timeout=240),
+                            f"{SMALL} --federation.rounds 3", tmp_path)
 
 
 @pytest.mark.slow  # waits a round-timeout by design, then resumes: about 2 minutes
