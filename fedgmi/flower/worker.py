@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+import time
 from logging import ERROR, INFO
 
 from flwr.app import Message
@@ -60,20 +61,25 @@ def _client(address: str, certificates: bytes | None, insecure: bool, token: str
 def run_task(address: str, certificates: bytes | None, insecure: bool, token: str) -> str:
     """Run one ClientApp task (the task ``token`` names) in this process; returns its sub-status
     (``"completed"`` or ``"failed"``). Flower's ``flwr-clientapp`` steps, without the process exit:
-    an exception of the app becomes an error reply, as there."""
+    an exception of the app becomes an error reply, as there. Logs one line when the task
+    starts and, when it completed, one with its times in seconds (pulling the message and
+    context, running the app, pushing the reply and context)."""
     client = _client(address, certificates, insecure, token)
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
     message = reply = context = None
     status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+    times = [time.perf_counter()]
     try:
         message, context, run, fab = pull_task_input(client)
+        times.append(time.perf_counter())
         log(INFO, "fedgmi.flower.worker: %s message (group %s) of run %s", message.metadata.message_type,
             message.metadata.group_id or "-", run.run_id)
         install_from_fab(fab.content, skip_prompt=True)  # a no-op once the app is installed
         app = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(
             run.fab_id, run.fab_version, fab.hash_str)
         reply = app(message=message, context=context)
+        times.append(time.perf_counter())
         status, details = SubStatus.COMPLETED, ""
     except Exception as ex:  # noqa: BLE001 - as flwr-clientapp: the error goes back as the reply
         code = (ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError)
@@ -90,6 +96,9 @@ def run_task(address: str, certificates: bytes | None, insecure: bool, token: st
             push_task_output(client=client, context=context, sub_status=status, details=details)
             heartbeat.stop()
             client.close()
+    if len(times) == 3:
+        log(INFO, "fedgmi.flower.worker: done: pulled in %.3f s, ran in %.3f s, replied in %.3f s",
+            times[1] - times[0], times[2] - times[1], time.perf_counter() - times[2])
     return status
 
 

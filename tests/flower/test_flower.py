@@ -122,24 +122,39 @@ def test_deployment_run_equals_in_process_run(federation: Loopback, tmp_path: Pa
                             f"{SMALL} --federation.rounds 3", tmp_path)
 
 
-@pytest.mark.slow  # waits a round-timeout by design, then resumes: about 2 minutes
-def test_node_killed_mid_round(federation: Loopback, tmp_path: Path) -> None:
-    """A SuperNode killed while it trains round 1: the round ends with the other node's clients
-    after round-timeout, the run finishes, and its checkpoint resumes with ``fedgmi fit``."""
+@pytest.fixture(scope="module")
+def process_federation(tmp_path_factory):
+    """As ``federation``, with ``--isolation process`` and a long-lived ClientApp process a node."""
+    with Loopback(tmp_path_factory.mktemp("flower-process"), ["0-1", "2-3"], isolation="process") as fed:
+        yield fed
+
+
+@pytest.mark.slow  # waits a round-timeout by design, then resumes: about 2 minutes each
+@pytest.mark.parametrize("isolation", ["subprocess", "process"])
+def test_node_killed_mid_round(isolation: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A SuperNode killed while it trains round 1 (with its long-lived ClientApp process, under
+    process isolation): the round ends with the other node's clients after round-timeout, the run
+    finishes, and its checkpoint resumes with ``fedgmi fit``."""
+    federation: Loopback = request.getfixturevalue("federation" if isolation == "subprocess" else "process_federation")
     out = tmp_path / "crash"
-    start = len(federation.log("node1"))  # the module's earlier run wrote there too
-    proc = federation.run(f"overrides='{SMALL} --federation.rounds 2 --output_dir {out}' round-timeout=45.0",
+    watched = "node1" if isolation == "subprocess" else "worker1"  # where node1's round-1 training shows
+    start = len(federation.log(watched))  # the module's earlier run may have written there too
+    # a long-lived ClientApp process trains 1 epoch in well under a second: 20 keep it busy when killed
+    epochs = " --algorithm.init_args.local_epochs 20" if isolation == "process" else ""
+    proc = federation.run(f"overrides='{SMALL}{epochs} --federation.rounds 2 --output_dir {out}' round-timeout=45.0",
                           timeout=240)
     deadline = time.monotonic() + 180
 
     def training_round_1() -> bool:  # node1 received its round-1 tasks and started its ClientApp
-        text = federation.log("node1")[start:]
+        text = federation.log(watched)[start:]
+        if isolation == "process":
+            return "train message (group 1)" in text
         return "ROUND 1]" in text and "Start `flwr-clientapp`" in text[text.index("ROUND 1]"):]
 
     while not training_round_1() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert training_round_1(), federation.log("flwr-run")[-3000:]
-    federation.kill("node1")  # SIGKILL: the node and its ClientApp process vanish mid-round
+    federation.kill("node1")  # SIGKILL: the node and its ClientApp process(es) vanish mid-round
     _wait(proc, 180, federation)
     log = " ".join(federation.log("flwr-run").split())
     assert proc.returncode == 0, log[-3000:]

@@ -24,7 +24,7 @@ from tests.flower.pki import make_certs, make_node_key
 from tests.flower.test_flower import check_equals_in_process
 
 GUIDE = REPO / "docs" / "guide" / "flower.md"
-MARKER = "<!-- secured-deployment:"
+MARKER = "<!-- secured-deployment"  # before the guide's blocks, and the README's short form
 
 
 @dataclass
@@ -44,14 +44,24 @@ class Deployment:
         return found
 
 
+def block(path: Path, lang: str) -> str:
+    """The first ``lang`` block after the ``secured-deployment`` marker of ``path``."""
+    text = path.read_text()
+    assert MARKER in text, f"{path.name} lost its {MARKER} marker"
+    found = re.search(rf"```{lang}\n(.*?)```", text[text.index(MARKER):], re.DOTALL)
+    assert found, f"{path.name}: no {lang} block after {MARKER}"
+    return found.group(1)
+
+
 def guide_blocks() -> tuple[str, str]:
-    """The TOML and the shell block after the guide's ``secured-deployment`` marker."""
-    text = GUIDE.read_text()
-    assert MARKER in text, f"{GUIDE.name} lost its {MARKER} blocks"
-    after = text[text.index(MARKER):]
-    toml, shell = (re.search(rf"```{lang}\n(.*?)```", after, re.DOTALL) for lang in ("toml", "bash"))
-    assert toml and shell and toml.start() < shell.start()
-    return toml.group(1), shell.group(1)
+    """The guide's TOML (the ``flwr`` connection) and shell block."""
+    return block(GUIDE, "toml"), block(GUIDE, "bash")
+
+
+def shell_commands(text: str) -> list[list[str]]:
+    """The commands of a shell block (continuations joined, comments left out), split."""
+    lines = text.replace("\\\n", " ").splitlines()
+    return [shlex.split(line) for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def deployment(folder: Path) -> Deployment:
@@ -69,9 +79,7 @@ def deployment(folder: Path) -> Deployment:
                 .replace("fedgmi/flower/app", str(REPO / "fedgmi" / "flower" / "app")))
         return re.sub(r"\b(909[345])\b", lambda m: str(ports[m.group(1)]), text)
 
-    lines = fill(shell).replace("\\\n", " ").splitlines()
-    commands = [shlex.split(line) for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return Deployment(fill(toml), commands, ports["9093"])
+    return Deployment(fill(toml), shell_commands(fill(shell)), ports["9093"])
 
 
 def option(args: list[str], flag: str) -> str:
@@ -120,6 +128,15 @@ def test_guide_commands_are_secured(tmp_path: Path) -> None:
         assert "--insecure" not in node and {"--root-certificates", "--auth-supernode-private-key"} <= set(node)
     assert re.search(r'^root-certificates = "/', guide_blocks()[0], re.MULTILINE)
     assert len(dep.all("flwr", "supernode", "register")) == len(dep.all("flower-supernode")) == 2
+
+
+def test_readme_short_form_is_the_guides() -> None:
+    """Every command of the README's short form is one of the guide's tested commands."""
+    guide = shell_commands(guide_blocks()[1])
+    readme = shell_commands(block(REPO / "README.md", "bash"))
+    assert len(readme) >= 4
+    for command in readme:
+        assert command in guide, " ".join(command)
 
 
 def test_insecure_unknown_ca_and_unregistered_nodes_are_refused(tmp_path: Path) -> None:
