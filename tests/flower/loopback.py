@@ -35,24 +35,43 @@ def wait_port(port: int, timeout: float) -> None:
 
 
 class Loopback:
-    """A SuperLink and SuperNodes on 127.0.0.1 (insecure: loopback only), logs under ``folder``.
+    """A SuperLink and SuperNodes on 127.0.0.1, logs under ``folder``.
+
+    Insecure by default (loopback only). ``superlink_args`` replaces the SuperLink's command line
+    (e.g. TLS and node authentication), ``flwr_config`` replaces the ``flwr`` CLI's config.toml (default: a connection ``loopback``
+    with ``insecure = true``). ``isolation="process"`` starts each SuperNode with ``--isolation
+    process`` and a long-lived ClientApp process (``python -m fedgmi.flower.worker``) next to it;
+    the default ``"subprocess"`` is Flower's: a fresh ClientApp process for every message.
 
     Use as a context manager; every process started is killed (its whole group) on exit.
     """
 
-    def __init__(self, folder: Path, node_clients: list[str]) -> None:
-        self.folder, self.node_clients = Path(folder), node_clients
+    def __init__(self, folder: Path, node_clients: list[str], *, isolation: str = "subprocess",
+                 superlink_args: list[str] | None = None,
+                 flwr_config: str | None = None, port: int | None = None) -> None:
+        if isolation not in ("subprocess", "process"):
+            raise ValueError(f"isolation = {isolation!r}; allowed: 'subprocess', 'process'")
+        self.folder, self.node_clients, self.isolation = Path(folder), node_clients, isolation
         self.procs: dict[str, subprocess.Popen] = {}
-        self.port = free_port()
+        self.port = port or free_port()
+        self.superlink_args = superlink_args or [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
+                                                 "--port", str(self.port), "--disable-runtime-dependency-installation"]
         home = self.folder / "flwr-home"
         home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-                                          f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
+        (home / "config.toml").write_text(flwr_config or f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
+                                                         f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
         self.env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                     "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+    def node_args(self, clients: str, port: int) -> list[str]:
+        """The command of an insecure SuperNode on this SuperLink holding ``clients``, its Runtime
+        API on ``port``."""
+        return [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+                "--port", str(port), "--node-config", f"client-ids='{clients}'"]
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        """Start ``args`` as process ``name`` (its own session; output in ``{name}.log``)."""
         log = open(self.folder / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.folder,
                                 start_new_session=True)
@@ -61,8 +80,7 @@ class Loopback:
 
     def __enter__(self) -> Loopback:  # noqa: PYI034
         try:
-            self._start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--disable-runtime-dependency-installation"])
+            self.start("superlink", self.superlink_args)
             wait_port(self.port, 60)
             for i, clients in enumerate(self.node_clients):
                 self.start_node(i, clients)
@@ -72,13 +90,31 @@ class Loopback:
         return self
 
     def start_node(self, i: int, clients: str) -> None:
-        """Start SuperNode ``node{i}`` holding ``clients`` (e.g. "0-4")."""
-        self._start(f"node{i}", [str(BIN / "flower-supernode"), "--insecure", "--superlink",
-                                 f"127.0.0.1:{self.port}", "--port", str(free_port()),
-                                 "--node-config", f"client-ids='{clients}'"])
+        """Start SuperNode ``node{i}`` holding ``clients`` (e.g. "0-4"); under process isolation
+        also its ClientApp process ``worker{i}``."""
+        port = free_port()
+        args = self.node_args(clients, port)
+        if self.isolation == "process":
+            args = [*args, "--isolation", "process"]
+        node = self.start(f"node{i}", args)
+        if self.isolation == "process":
+            wait_port(port, 60)
+            self.start(f"worker{i}", [sys.executable, "-m", "fedgmi.flower.worker", "--runtime-api-address",
+                                       f"127.0.0.1:{port}", "--insecure", "--parent-pid", str(node.pid)])
+
+    def command(self, name: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+        """Run ``args`` to completion in the federation's environment (e.g. ``flwr supernode
+        register``); output in ``{name}.log`` and returned."""
+        done = subprocess.run(args, env=self.env, cwd=self.folder, timeout=timeout, capture_output=True, text=True,
+                              check=False)
+        (self.folder / f"{name}.log").write_text(done.stdout + done.stderr)
+        return done
 
     def kill(self, name: str) -> None:
-        """SIGKILL process ``name`` and its children (a crash)."""
+        """SIGKILL process ``name`` and its children (a crash); ``node{i}`` takes its ClientApp
+        process ``worker{i}`` with it."""
+        if name.startswith("node") and f"worker{name[4:]}" in self.procs:
+            self.kill(f"worker{name[4:]}")
         proc = self.procs.pop(name)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -89,7 +125,7 @@ class Loopback:
     def run(self, run_config: str, timeout: float) -> subprocess.Popen:
         """Start ``flwr run fedgmi/flower/app loopback --stream --run-config ...`` (logs to
         ``flwr-run.log``)."""
-        return self._start("flwr-run", [str(BIN / "flwr"), "run", str(REPO / "fedgmi" / "flower" / "app"), "loopback",
+        return self.start("flwr-run", [str(BIN / "flwr"), "run", str(REPO / "fedgmi" / "flower" / "app"), "loopback",
                                         "--stream", "--run-config", run_config])
 
     def log(self, name: str) -> str:

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,16 +89,17 @@ def federation(tmp_path_factory):
         yield fed
 
 
-def test_deployment_run_equals_in_process_run(federation: Loopback, tmp_path: Path) -> None:
-    """3 rounds of FedGMI through a SuperLink and two SuperNodes end with the in-process run's
-    global state (largest absolute difference <= 1e-6; measured 0.0) and metrics."""
-    overrides = f"{SMALL} --federation.rounds 3"
+def check_equals_in_process(fed: Loopback, start: Callable[[str], subprocess.Popen], overrides: str,
+                            tmp_path: Path) -> None:
+    """``start(run_config)`` (a ``flwr run`` on ``fed``) with ``overrides`` ends with the global
+    state (largest absolute difference <= 1e-6; measured 0.0), client proportions and metrics of
+    ``fedgmi fit`` with the same overrides, and Flower's payloads are fedgmi's byte counts."""
     flower_dir, local_dir = tmp_path / "flower", tmp_path / "local"
-    proc = federation.run(f"overrides='{overrides} --output_dir {flower_dir}'", timeout=240)
+    proc = start(f"overrides='{overrides} --output_dir {flower_dir}'")
     done = _fit("--config", "configs/pm_digits.yaml", *overrides.split(), "--output_dir", str(local_dir))
     assert done.returncode == 0, done.stderr[-2000:]
-    _wait(proc, 240, federation)
-    assert proc.returncode == 0 and (flower_dir / "metrics.json").is_file(), federation.log("flwr-run")[-3000:]
+    _wait(proc, 240, fed)
+    assert proc.returncode == 0 and (flower_dir / "metrics.json").is_file(), fed.log("flwr-run")[-3000:]
     a = torch.load(flower_dir / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(local_dir / "checkpoints" / "last.ckpt", weights_only=True)
     diff = max(float((x - y).abs().max()) for x, y in zip(a["strategy"]["global_state"], b["strategy"]["global_state"]))
@@ -113,24 +115,46 @@ def test_deployment_run_equals_in_process_run(federation: Loopback, tmp_path: Pa
     assert report["flower_bytes_up"] > report["flower_payload_bytes_up"] == mb["bytes_up_rounds"]
 
 
-@pytest.mark.slow  # waits a round-timeout by design, then resumes: about 2 minutes
-def test_node_killed_mid_round(federation: Loopback, tmp_path: Path) -> None:
-    """A SuperNode killed while it trains round 1: the round ends with the other node's clients
-    after round-timeout, the run finishes, and its checkpoint resumes with ``fedgmi fit``."""
+def test_deployment_run_equals_in_process_run(federation: Loopback, tmp_path: Path) -> None:
+    """3 rounds of FedGMI through a SuperLink and two SuperNodes end with the in-process run (see
+    :func:`check_equals_in_process`)."""
+    check_equals_in_process(federation, lambda run_config: federation.run(run_config, timeout=240),
+                            f"{SMALL} --federation.rounds 3", tmp_path)
+
+
+@pytest.fixture(scope="module")
+def process_federation(tmp_path_factory):
+    """As ``federation``, with ``--isolation process`` and a long-lived ClientApp process a node."""
+    with Loopback(tmp_path_factory.mktemp("flower-process"), ["0-1", "2-3"], isolation="process") as fed:
+        yield fed
+
+
+@pytest.mark.slow  # waits a round-timeout by design, then resumes: about 2 minutes each
+@pytest.mark.parametrize("isolation", ["subprocess", "process"])
+def test_node_killed_mid_round(isolation: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A SuperNode killed while it trains round 1 (with its long-lived ClientApp process, under
+    process isolation): the round ends with the other node's clients after round-timeout, the run
+    finishes, and its checkpoint resumes with ``fedgmi fit``."""
+    federation: Loopback = request.getfixturevalue("federation" if isolation == "subprocess" else "process_federation")
     out = tmp_path / "crash"
-    start = len(federation.log("node1"))  # the module's earlier run wrote there too
-    proc = federation.run(f"overrides='{SMALL} --federation.rounds 2 --output_dir {out}' round-timeout=45.0",
+    watched = "node1" if isolation == "subprocess" else "worker1"  # where node1's round-1 training shows
+    start = len(federation.log(watched))  # the module's earlier run may have written there too
+    # a long-lived ClientApp process trains 1 epoch in well under a second: 20 keep it busy when killed
+    epochs = " --algorithm.init_args.local_epochs 20" if isolation == "process" else ""
+    proc = federation.run(f"overrides='{SMALL}{epochs} --federation.rounds 2 --output_dir {out}' round-timeout=45.0",
                           timeout=240)
     deadline = time.monotonic() + 180
 
     def training_round_1() -> bool:  # node1 received its round-1 tasks and started its ClientApp
-        text = federation.log("node1")[start:]
+        text = federation.log(watched)[start:]
+        if isolation == "process":
+            return "train message (group 1)" in text
         return "ROUND 1]" in text and "Start `flwr-clientapp`" in text[text.index("ROUND 1]"):]
 
     while not training_round_1() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert training_round_1(), federation.log("flwr-run")[-3000:]
-    federation.kill("node1")  # SIGKILL: the node and its ClientApp process vanish mid-round
+    federation.kill("node1")  # SIGKILL: the node and its ClientApp process(es) vanish mid-round
     _wait(proc, 180, federation)
     log = " ".join(federation.log("flwr-run").split())
     assert proc.returncode == 0, log[-3000:]

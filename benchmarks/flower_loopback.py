@@ -1,0 +1,137 @@
+"""What a Flower round costs against an in-process round: one config run in process and on a
+loopback federation (a SuperLink and SuperNodes on 127.0.0.1, long-lived ClientApp processes),
+same seed. Prints JSON.
+
+    python benchmarks/flower_loopback.py > benchmarks/results/flower_loopback.json
+
+(with ``FEDGMI_DATA_DIR`` set as for ``fedgmi fit``; ``--config``, ``--nodes``, ``--isolation``
+and ``--overrides`` change the setting, ``--help`` lists them).
+
+"Loop time" is the same quantity both ways: metrics.json's ``wall_time_s`` (the federation loop:
+initialisation stage, rounds, evaluations; not the process start, the config parsing or the
+data loading before it). Keys: ``flower_loop_s``, ``in_process_loop_s``, ``loop_time_ratio``
+(their ratio), ``flower_total_s`` / ``in_process_total_s`` (wall clock of ``flwr run`` after
+the federation is up, and of ``fedgmi fit``), ``worker_seconds`` (per node, process
+isolation: messages served and seconds spent pulling them, running the ClientApp, replying; the
+first run, which builds the scenario and strategy, apart), ``max_abs_param_diff`` (final global
+state, Flower against in process), ``metrics_differing`` (metrics.json's numbers that differ,
+wall time aside: key -> [Flower, in process]), the setting (config, nodes, isolation,
+overrides, torch threads) and the machine's load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.flower.loopback import Loopback  # the tests' harness: every process stopped
+
+
+def in_process(config: str, overrides: list[str], out: Path, timeout: float) -> float:
+    """``fedgmi fit`` (one torch thread, as the nodes); returns its wall-clock seconds.
+
+    Raises:
+        RuntimeError: the run failed (its last output lines).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "fedgmi", "fit", "--config", config, *overrides, "--output_dir",
+                           str(out)], env=env, cwd=REPO, timeout=timeout, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"fedgmi fit failed: {done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+DONE = re.compile(r"fedgmi\.flower\.worker: done: pulled in ([\d.]+) s, ran in ([\d.]+) s, replied in ([\d.]+) s")
+
+
+def worker_times(log: str) -> dict[str, float]:
+    """Seconds a long-lived ClientApp process spent on its messages (from its log): pulling the
+    message and context from the SuperNode, running the ClientApp, pushing the reply; the first
+    message's run (which builds the scenario and strategy) separately."""
+    rows = [[float(x) for x in m.groups()] for m in DONE.finditer(log)]
+    if not rows:
+        return {"messages": 0}
+    pull, ran, reply = (sum(col) for col in zip(*rows))
+    return {"messages": len(rows), "pull_s": round(pull, 2), "app_s": round(ran, 2), "reply_s": round(reply, 2),
+            "first_app_s": round(rows[0][1], 2)}
+
+
+def on_flower(config: str, overrides: list[str], out: Path, nodes: list[str], isolation: str,
+              timeout: float) -> tuple[float, list[dict[str, float]]]:
+    """The same run with ``flwr run`` on a loopback federation; returns the seconds from
+    ``flwr run`` to its end and, under process isolation, each node's :func:`worker_times`.
+
+    Raises:
+        RuntimeError: the run failed or did not finish in ``timeout`` s (the end of its log).
+    """
+    with Loopback(out.parent / "federation", nodes, isolation=isolation) as fed:
+        args = " ".join([*overrides, "--output_dir", str(out)])
+        started = time.perf_counter()
+        proc = fed.run(f"config='{config}' overrides='{args}'", timeout)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"flwr run did not finish in {timeout} s: {fed.log('flwr-run')[-2000:]}") from None
+        seconds = time.perf_counter() - started
+        if not (out / "metrics.json").is_file():
+            raise RuntimeError(f"flwr run wrote no metrics: {fed.log('flwr-run')[-2000:]}")
+        workers = [worker_times(fed.log(f"worker{i}")) for i in range(len(nodes))] if isolation == "process" else []
+    return seconds, workers
+
+
+def compare(a: Path, b: Path) -> tuple[float, dict[str, list]]:
+    """Largest absolute difference of the final global state, and metrics.json's numbers (wall
+    time aside) that differ (key -> [value in ``a``, value in ``b``]), between runs ``a`` and ``b``."""
+    import torch
+
+    sa, sb = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["strategy"] for d in (a, b))
+    diff = max(float((x - y).abs().max()) for x, y in zip(sa["global_state"], sb["global_state"]))
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    differ = {k: [ma.get(k), v] for k, v in mb.items()
+              if isinstance(v, (int, float)) and k != "wall_time_s" and ma.get(k) != v}
+    return diff, differ
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/pm_digits.yaml")
+    parser.add_argument("--nodes", nargs="+", default=["0-4", "5-9"], help="client-ids of each SuperNode")
+    parser.add_argument("--isolation", choices=["process", "subprocess"], default="process",
+                        help="process: one long-lived ClientApp process a node (fedgmi.flower.worker); "
+                             "subprocess: Flower's default, a fresh ClientApp process a message")
+    parser.add_argument("--overrides", default="", help="more fedgmi fit arguments, for both runs")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds each run may take")
+    args = parser.parse_args()
+    overrides = args.overrides.split()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="flower_loopback_") as tmp:
+        local, flower = Path(tmp) / "local", Path(tmp) / "flower"
+        in_process_total = in_process(args.config, overrides, local, args.timeout)
+        flower_total, workers = on_flower(args.config, overrides, flower, args.nodes, args.isolation, args.timeout)
+        diff, differ = compare(flower, local)
+        loops = [json.loads((d / "metrics.json").read_text())["wall_time_s"] for d in (flower, local)]
+    print(json.dumps({
+        "config": args.config, "nodes": args.nodes, "isolation": args.isolation, "overrides": args.overrides,
+        "torch_threads": 1, "flower_loop_s": round(loops[0], 2), "in_process_loop_s": round(loops[1], 2),
+        "loop_time_ratio": round(loops[0] / loops[1], 3), "flower_total_s": round(flower_total, 2),
+        "in_process_total_s": round(in_process_total, 2), "worker_seconds": workers,
+        "max_abs_param_diff": diff, "metrics_differing": differ,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count(),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
