@@ -195,7 +195,8 @@ def client_evaluate(strategy: Strategy, client: NodeClient, request: Payload, sc
         ``pi`` (K,) float32 its proportions, ``accuracy`` its personalised test accuracy (float32,
         fraction correct) and ``num_test``; where the client has ground truth, also the counts
         the server sums: ``confusion`` (K_true, K) of (true, x-only assigned) components (and
-        ``confusion_label_informed``), ``overlap`` (K_true, K) outer(true pi, pi) (float64),
+        ``confusion_label_informed``), ``overlap`` (K_true, K) outer(true pi, pi) (float64; only
+        when K != K_true, where the many-to-one map needs it),
         ``component_correct`` (K_true, K) correct predictions of each component's head by true
         component, ``personal_correct`` and ``count`` (K_true,) by true component.
     """
@@ -212,7 +213,8 @@ def client_evaluate(strategy: Strategy, client: NodeClient, request: Payload, sc
     reply["confusion"] = _counts(z, out["assigned"], k_true, k)
     if "assigned_label_informed" in out:
         reply["confusion_label_informed"] = _counts(z, out["assigned_label_informed"], k_true, k)
-    reply["overlap"] = torch.outer(client.truth.proportions.double().cpu(), out["pi"].double())
+    if k != k_true:  # only the many-to-one map reads it; one-to-one, the server never learns the true pi
+        reply["overlap"] = torch.outer(client.truth.proportions.double().cpu(), out["pi"].double())
     one_hot = torch.nn.functional.one_hot(z, k_true).T.long()  # (K_true, n)
     reply["component_correct"] = one_hot @ out["component_correct"].long()  # (K_true, K)
     reply["personal_correct"] = one_hot @ out["personal_correct"].long()  # (K_true,)
@@ -329,8 +331,9 @@ def _merged(metric, states: list[dict[str, torch.Tensor]]):
 def _mapping(first: dict[int, Payload], seen_ids: list[int], num_learned: int) -> np.ndarray:
     """The learned -> true map from the training clients' summed confusion counts and overlap."""
     k_true = first[seen_ids[0]]["confusion"].shape[0]
-    states = [{"confusion": first[c]["confusion"].cpu(), "overlap": first[c]["overlap"].cpu(),
-               "proportion_rows": torch.tensor(1)} for c in seen_ids]
+    states = [{"confusion": first[c]["confusion"].cpu(),
+               **({"overlap": first[c]["overlap"].cpu(), "proportion_rows": torch.tensor(1)}
+                  if "overlap" in first[c] else {})} for c in seen_ids]
     return _merged(ComponentMatching(k_true, num_learned), states).compute().reshape(-1).numpy()
 
 
