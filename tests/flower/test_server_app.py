@@ -95,3 +95,51 @@ def test_node_state_is_all_a_node_needs(config: str, request) -> None:
         (a, state_a), (b, state_b) = (s.client_update(task, data, state) for s in (strategy, node))
         assert all(torch.equal(u, v) for u, v in zip(a.updates, b.updates) if u is not None), task.client_id
         assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+class RecordingGrid:
+    """A grid that keeps the messages it is given and answers none (the step then stops)."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes, self.sent = nodes, []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, timeout=None):
+        self.sent += list(messages)
+        return []
+
+
+@pytest.mark.parametrize("step", ["topic.histogram", "evaluate"])
+def test_a_client_step_message_holds_nothing_of_another_nodes_clients(fedgmi_after_init, step: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The initialisation's and the evaluation's ``query.step`` messages to node A (clients 0, 1)
+    hold A's requests and client states, the shared settings, the global vectors and the topic
+    model's global part; no record of clients 2 and 3 and none of their proportions."""
+    from fedgmi.federated.evaluation import EvalConfig, _settings
+
+    strategy = fedgmi_after_init
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # a message is built inside a Flower run
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    grid = RecordingGrid([NODE_A, NODE_B])
+    rounds = FlowerRounds(grid, RunSettings(resolve_config("configs/pm_digits.yaml"), round_timeout=1.0),
+                          strategy=strategy)
+    rounds.holder, rounds.queried = assign_clients({}, [(NODE_A, [0, 1]), (NODE_B, [2, 3])]), {NODE_A, NODE_B}
+    shared = ({"centroids": strategy.topic.centroids, "num_classes": torch.tensor(0)} if step.startswith("topic")
+              else _settings(EvalConfig(), 0))
+    with pytest.raises(RuntimeError, match="no reply within round-timeout"):
+        rounds.call(step, {c: {"seen": torch.tensor(True)} for c in range(4)}, shared)
+    to_a = next(m for m in grid.sent if m.metadata.dst_node_id == NODE_A)
+    assert to_a.metadata.message_type == "query.step"
+    content = to_a.content
+    named = {key.split(".")[0] for key in [*content.array_records, *content.config_records] if "." in key}
+    assert named == {"0", "1"} and content.config_records["step"]["client-ids"] == [0, 1]
+    assert (wire.GLOBAL in content.array_records) == (step == "evaluate")
+    sent = [a.numpy() for record in content.array_records.values() for a in record.values()]
+    for cid in (2, 3):
+        foreign = strategy.client_state[cid]["pi"].cpu().numpy()
+        assert not any(arr.shape == foreign.shape and (arr == foreign).all() for arr in sent), cid
