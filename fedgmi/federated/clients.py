@@ -14,7 +14,7 @@ its holder has it, the ground truth of its own samples). What a step may compute
   (e.g. FedGMI's topic-model stages, :mod:`fedgmi.algorithms.topic_init`).
 
 :class:`InProcessClients` runs the steps here, in client-id order (the simulation: a scenario's
-clients); :class:`fedgmi.flower.server_app.FlowerClients` sends them to the Flower nodes that
+clients); :class:`fedgmi.flower.server_app.FlowerRounds` sends them to the Flower nodes that
 hold the clients. Either way the pool counts the payload bytes of every request and reply
 (``bytes_down``, ``bytes_up``: the tensors' raw bytes, as :attr:`ClientTask.bytes_down`) and the
 exchanges (one per :meth:`ClientPool.call`).

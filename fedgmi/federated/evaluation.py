@@ -188,7 +188,7 @@ def client_evaluate(strategy: Strategy, client: NodeClient, request: Payload, sc
     generator (:data:`EVAL_STREAM`).
 
     Args:
-        request: The settings (:func:`_settings`) and ``seen`` (1 for a training client).
+        request: The evaluation settings (estimator, samples, iterations, seed) and ``seen`` (1 for a training client).
         scratch: Kept on the client for :func:`client_evaluate_matched`.
 
     Returns:
@@ -229,7 +229,7 @@ def client_evaluate_matched(strategy: Strategy, client: NodeClient, request: Pay
     to true components (``mapping``, (K,)): ``tv``, its proportions' total-variation error
     (:func:`~fedgmi.metrics.proportion_errors`), when ``tv`` is asked; ``nll_sum`` and
     ``nll_count`` (K_true,), the test NLL in nats of its samples of each true component under the
-    learned ones mapped to it (summed; see :func:`_matched_nll`), when ``nll`` is asked. Empty
+    learned ones mapped to it (summed; their uniform mixture where several are), when ``nll`` is asked. Empty
     for a client without ground truth."""
     if client.truth is None or "log_px" not in scratch:
         return {}
