@@ -40,6 +40,7 @@ from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.protobuf.client import ProtobufClientInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.tls import validate_and_resolve_root_certificates
@@ -50,7 +51,8 @@ DEFAULT_POLL_S = 0.1
 
 
 def _client(address: str, certificates: bytes | None, insecure: bool, token: str | None) -> RuntimeHttpClient:
-    interceptors = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp" if token else "SuperExec")]
+    component = "flwr-clientapp" if token else "SuperExec"  # acquiring tasks is SuperExec's call
+    interceptors: list[ProtobufClientInterceptor] = [RuntimeVersionHttpInterceptor(component_name=component)]
     if token:
         interceptors.append(RuntimeTokenHttpInterceptor(token))
     return RuntimeHttpClient.from_server_address(server_address=address, insecure=insecure,
@@ -125,7 +127,7 @@ def serve(address: str, insecure: bool, root_certificates: str | None = None, po
     log(INFO, "fedgmi.flower.worker: serving the ClientApp tasks of the SuperNode at %s", address)
     try:
         while not stop.is_set():
-            res = acquirer.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
+            res = acquirer.AcquireTask(AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)]))
             if res.HasField("task") and res.token:
                 run_task(address, certificates, insecure, res.token)
             else:
