@@ -106,8 +106,11 @@ class RecordingGrid:
     def get_node_ids(self) -> list[int]:
         return list(self.nodes)
 
-    def send_and_receive(self, messages, timeout=None):
+    def push_messages(self, messages):
         self.sent += list(messages)
+        return [str(i) for i in range(len(self.sent) - len(messages), len(self.sent))]
+
+    def pull_messages(self, message_ids):
         return []
 
 
