@@ -4,8 +4,10 @@ same seed. Prints JSON.
 
     python benchmarks/flower_loopback.py > benchmarks/results/flower_loopback.json
 
-(with ``FEDGMI_DATA_DIR`` set as for ``fedgmi fit``; ``--config``, ``--nodes``, ``--isolation``
-and ``--overrides`` change the setting, ``--help`` lists them).
+(with ``FEDGMI_DATA_DIR`` set as for ``fedgmi fit``; ``--config``, ``--nodes``, ``--isolation``,
+``--overrides`` and ``--flower-poll`` change the setting, ``--help`` lists them). The SuperNodes
+run through :mod:`fedgmi.flower.supernode` (Flower's SuperNode with idle waits of 0.1 s
+instead of 3 s) unless ``--flower-poll``.
 
 "Loop time" is the same quantity both ways: metrics.json's ``wall_time_s`` (the federation loop:
 initialisation stage, rounds, evaluations; not the process start, the config parsing or the
@@ -119,7 +121,7 @@ def breakdown(nodes: list[list[list[float]]], flower_loop_s: float) -> dict:
 
 
 def on_flower(config: str, overrides: list[str], out: Path, nodes: list[str], isolation: str,
-              timeout: float) -> tuple[float, list[list[list[float]]], dict[str, float]]:
+              timeout: float, fast_poll: bool = True) -> tuple[float, list[list[list[float]]], dict[str, float]]:
     """The same run with ``flwr run`` on a loopback federation; returns the seconds from
     ``flwr run`` to its end, under process isolation each node's :func:`message_times`, and the
     CPU seconds of the federation's processes by program (:func:`cpu_by_program`).
@@ -127,7 +129,7 @@ def on_flower(config: str, overrides: list[str], out: Path, nodes: list[str], is
     Raises:
         RuntimeError: the run failed or did not finish in ``timeout`` s (the end of its log).
     """
-    with Loopback(out.parent / "federation", nodes, isolation=isolation) as fed:
+    with Loopback(out.parent / "federation", nodes, isolation=isolation, fast_poll=fast_poll) as fed:
         args = " ".join([*overrides, "--output_dir", str(out)])
         started = time.perf_counter()
         proc = fed.run(f"config='{config}' overrides='{args}'", timeout)
@@ -165,6 +167,9 @@ def main() -> None:
                         help="process: one long-lived ClientApp process a node (fedgmi.flower.worker); "
                              "subprocess: Flower's default, a fresh ClientApp process a message")
     parser.add_argument("--overrides", default="", help="more fedgmi fit arguments, for both runs")
+    parser.add_argument("--flower-poll", action="store_true",
+                        help="SuperNodes as flower-supernode (idle waits of 3 s) instead of fedgmi.flower.supernode "
+                             "(0.1 s)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds each run may take")
     args = parser.parse_args()
     overrides = args.overrides.split()
@@ -172,11 +177,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="flower_loopback_") as tmp:
         local, flower = Path(tmp) / "local", Path(tmp) / "flower"
         in_process_total, in_process_cpu = in_process(args.config, overrides, local, args.timeout)
-        flower_total, workers, flower_cpu = on_flower(args.config, overrides, flower, args.nodes, args.isolation, args.timeout)
+        flower_total, workers, flower_cpu = on_flower(args.config, overrides, flower, args.nodes, args.isolation,
+                                                      args.timeout, fast_poll=not args.flower_poll)
         diff, differ = compare(flower, local)
         loops = [json.loads((d / "metrics.json").read_text())["wall_time_s"] for d in (flower, local)]
     print(json.dumps({
         "config": args.config, "nodes": args.nodes, "isolation": args.isolation, "overrides": args.overrides,
+        "supernode": "flower-supernode" if args.flower_poll else "fedgmi.flower.supernode (idle waits 0.1 s)",
         "torch_threads": 1, "flower_loop_s": round(loops[0], 2), "in_process_loop_s": round(loops[1], 2),
         "loop_time_ratio": round(loops[0] / loops[1], 3), "flower_total_s": round(flower_total, 2),
         "in_process_total_s": round(in_process_total, 2), "flower_cpu_s": flower_cpu,

@@ -48,10 +48,11 @@ class Loopback:
 
     def __init__(self, folder: Path, node_clients: list[str], *, isolation: str = "subprocess",
                  superlink_args: list[str] | None = None,
-                 flwr_config: str | None = None, port: int | None = None) -> None:
+                 flwr_config: str | None = None, port: int | None = None, fast_poll: bool = False) -> None:
         if isolation not in ("subprocess", "process"):
             raise ValueError(f"isolation = {isolation!r}; allowed: 'subprocess', 'process'")
         self.folder, self.node_clients, self.isolation = Path(folder), node_clients, isolation
+        self.fast_poll = fast_poll  # SuperNodes through fedgmi.flower.supernode (idle waits of 0.1 s)
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = port or free_port()
         self.superlink_args = superlink_args or [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
@@ -67,7 +68,8 @@ class Loopback:
     def node_args(self, clients: str, port: int) -> list[str]:
         """The command of an insecure SuperNode on this SuperLink holding ``clients``, its Runtime
         API on ``port``."""
-        return [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+        supernode = [sys.executable, "-m", "fedgmi.flower.supernode"] if self.fast_poll else [str(BIN / "flower-supernode")]
+        return [*supernode, "--insecure", "--superlink", f"127.0.0.1:{self.port}",
                 "--port", str(port), "--node-config", f"client-ids='{clients}'"]
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
