@@ -230,10 +230,19 @@ def grid_lines(kind: str, methods: list[str], tuned: dict, grid: list[tuple[int,
     return lines
 
 
+def versions() -> str:
+    """The versions of Python and of the libraries the numbers depend on."""
+    from importlib.metadata import version
+
+    names = ("torch", "numpy", "scikit-learn", "lightning", "torchmetrics")
+    return ", ".join([f"Python {sys.version.split()[0]}", *(f"{n} {version(n)}" for n in names)])
+
+
 def write(bench: Benchmark, tuned: dict, tested: dict, command: str, notes: dict[str, list[str]]) -> list[dict]:
     args, out = bench.args, ROOT / bench.args.out
     rounds = int(tested[(args.kinds[0], args.methods[0])][0]["rounds"])
     lines = [f"# Tuned benchmark: {', '.join(args.kinds)}", "", "Made with:", "", f"    {command}", "",
+             f"Libraries: {versions()} (results move by a few thousandths between torch versions).", "",
              (f"Protocol (benchmarks/tuned.py): every method gets the same grid, local epochs {args.epochs} x "
               f"Adam lr {args.lrs} (FedGMI: its classifier epochs), one run per point on validation seed(s) "
               f"{args.validation_seeds} (other scenario draws), scored by client_accuracy_mean; the best point "
