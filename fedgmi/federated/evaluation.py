@@ -230,7 +230,7 @@ def client_evaluate_matched(strategy: Strategy, client: NodeClient, request: Pay
     (:func:`~fedgmi.metrics.proportion_errors`), when ``tv`` is asked; ``nll_sum`` and
     ``nll_count`` (K_true,), the test NLL in nats of its samples of each true component under the
     learned ones mapped to it (summed; their uniform mixture where several are), when ``nll`` is asked. Empty
-    for a client without ground truth."""
+    for a client without ground truth. Clears the client's scratch."""
     if client.truth is None or "log_px" not in scratch:
         return {}
     mapping, k_true, reply = request["mapping"].cpu().numpy(), client.truth.num_components, {}
@@ -242,6 +242,7 @@ def client_evaluate_matched(strategy: Strategy, client: NodeClient, request: Pay
         z = client.truth.z_test.cpu().numpy()
         total, count = _matched_nll(scratch["log_px"].numpy(), z, mapping, k_true)
         reply["nll_sum"], reply["nll_count"] = torch.from_numpy(total), torch.from_numpy(count)
+    scratch.clear()  # the evaluation is over
     return reply
 
 

@@ -102,7 +102,10 @@ def step(msg: Message, context: Context, run_config: dict | None = None) -> Mess
         except Exception as err:  # noqa: BLE001 - the server stops the stage with this line
             wire.add_failure(out, cid, "failed", f"{type(err).__name__}: {err}")
             continue
-        context.state[key] = wire.array_record(scratch)
+        if scratch:
+            context.state[key] = wire.array_record(scratch)
+        elif key in context.state:  # the stage is over: the context travels with every message
+            del context.state[key]
         wire.add_step_reply(out, cid, reply)
     return Message(out, reply_to=msg)
 
