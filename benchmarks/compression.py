@@ -4,7 +4,7 @@ against uncompressed FedGMI, one `fedgmi fit` run at a time.
 Writes benchmarks/results/compression_pm_mnist.{md,csv} (rewritten after every run, so a cut-off
 benchmark keeps what it measured) and prints the rows as JSON.
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 FEDGMI_DATA_DIR=/work/shared/data WANDB_MODE=offline \
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 FEDGMI_DATA_DIR=../shared/data WANDB_MODE=offline \
         python benchmarks/compression.py [--only NAME ...]
 """
 

@@ -1,6 +1,6 @@
 """One table: every kind of inherent distribution (shift) on MNIST, four methods side by side.
 
-    FEDGMI_DATA_DIR=/work/shared/data python benchmarks/shifts.py \
+    FEDGMI_DATA_DIR=../shared/data python benchmarks/shifts.py \
         --kinds rotation corruption label_permutation class_skew --seed 0 --rounds 30
 
 Each row is a shift kind; its scenario is the ``scenario`` section of
@@ -113,7 +113,7 @@ def write_table(results: dict, out: Path, command: str, rounds: int, seed: int, 
     head = ["kind"] + [f"{m} {SHORT[c]}" for m in METHODS for c in METRICS]
     lines = [f"# Shift kinds on MNIST: {', '.join(results)}", "", "Made with:", "", f"    {command}", "",
              (f"Seed {seed}, {rounds} rounds, offline MNIST test split (10,000 images, "
-              "FEDGMI_DATA_DIR=/work/shared/data); 30 clients, 20% of them unseen (never trained on). "
+              "FEDGMI_DATA_DIR=../shared/data); 30 clients, 20% of them unseen (never trained on). "
               "assign. acc.: share of seen clients' test samples whose most responsible component is "
               "the true one (after the best matching); prop. TV: mean total-variation distance "
               "between estimated and true proportions; client acc.: mean test accuracy of the seen "
