@@ -21,11 +21,12 @@ def split_nodes(config: str, overrides: str, nodes: list[str], out: Path, truth:
     Raises:
         ConfigError: a bad config, a bad or repeated client id (one line).
     """
-    import os
+    import io
     import shlex
 
     import torch
 
+    from fedgmi.atomic import write_atomic
     from fedgmi.flower.node_data import node_file
     from fedgmi.flower.runtime import RunSettings, parse_range, resolve_config
     from fedgmi.run_config import build_parser, instantiate
@@ -40,10 +41,9 @@ def split_nodes(config: str, overrides: str, nodes: list[str], out: Path, truth:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, ids in enumerate(groups):
-        path, tmp = out / f"node{i}.pt", out / f".node{i}.pt.{os.getpid()}"
-        torch.save(node_file(scenario, ids, truth), tmp)
-        os.replace(tmp, path)
-        paths.append(path)
+        buffer = io.BytesIO()
+        torch.save(node_file(scenario, ids, truth), buffer)
+        paths.append(write_atomic(out / f"node{i}.pt", buffer.getvalue()))
     return paths
 
 

@@ -1,6 +1,7 @@
 """A Flower node's own data: one tensor file per node, named in its node config
-(``--node-config "data-file='/abs/path/node.pt'"``). The node then builds no scenario and reads
-no shared data folder; the server never reads it.
+(``--node-config "data-file='nodes/node0.pt'"``, relative to the SuperNode's working
+directory). The node then builds no scenario and reads no shared data folder; the server never
+reads it.
 
 The file (``torch.save`` of plain tensors, read with ``weights_only=True``)::
 

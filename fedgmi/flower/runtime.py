@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,7 @@ class ClientSide:
     seed: int
     strategy_hash: str = ""
     node: Any = None  # fedgmi.flower.node_data.NodeData, with a data-file
+    _scenario_clients: list = field(default_factory=list)
 
     def held(self, node_config: Mapping[str, Any]) -> list[int]:
         """The client ids this node holds (its file's, or its node config's of the scenario).
@@ -184,9 +185,11 @@ class ClientSide:
         """Client ``client_id`` as this node holds it (its data and, where known, its ground truth)."""
         if self.node is not None:
             return self.node.clients[int(client_id)]
-        from fedgmi.federated.clients import scenario_clients
+        if not self._scenario_clients:  # built once, not for every client of every message
+            from fedgmi.federated.clients import scenario_clients
 
-        return scenario_clients(self.scenario)[int(client_id)]
+            self._scenario_clients.extend(scenario_clients(self.scenario))
+        return self._scenario_clients[int(client_id)]
 
     def describe(self, node_config: Mapping[str, Any]) -> dict[str, Any]:
         """What the node tells the server when asked which clients it holds: their ids and, with
