@@ -7,7 +7,8 @@ between its checks for a ClientApp's reply (``flwr/supernode/start_client_intern
 numbers, no option). A fedgmi round is several messages (the round's tasks, then the
 evaluation's two client steps), so a node idles up to 3 s before each: more than an in-process
 round of ``configs/pm_digits.yaml`` takes. This launcher caps those waits at ``--poll-s`` seconds
-(default 0.1) by giving that one Flower module a ``time`` whose ``sleep`` is capped; nothing else
+(default 0.1) by giving that one Flower module a ``time`` whose ``sleep`` is capped, and shortens
+the retry waits of its object pulls from the SuperLink (:mod:`fedgmi.flower.pulls`); nothing else
 of Flower changes. The price: the node asks the SuperLink for messages up to 1/poll-s times a
 second while idle (measured in ``benchmarks/flower_loopback.py``, the SuperLink's CPU seconds).
 """
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.supernode import start_client_internal
     from flwr.supernode.cli import flower_supernode
 
+    from fedgmi.flower.pulls import shorten_pull_backoff
+
     start_client_internal.time = capped_time(poll_s)  # type: ignore[attr-defined]
+    shorten_pull_backoff()
     sys.argv = ["flower-supernode", *args]
     flower_supernode()
 

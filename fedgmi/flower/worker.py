@@ -7,7 +7,7 @@ fedgmi and the scenario again. This process takes ``flower-superexec``'s place n
 SuperNode started with ``--isolation process`` and runs the ClientApp tasks itself, one after the
 other, in the same process, with Flower's own steps of ``flwr-clientapp`` (pull the message and
 the node's context from the SuperNode's Runtime API, run the app, push the reply and the
-context). fedgmi's ClientApp builds its scenario and strategy once per process
+context; the object pulls retry sooner, :mod:`fedgmi.flower.pulls`). fedgmi's ClientApp builds its scenario and strategy once per process
 (:func:`fedgmi.flower.runtime.client_side`), so they are built once per node and run config.
 
 Usage, next to each SuperNode (same machine; the Runtime API listens on 127.0.0.1)::
@@ -45,6 +45,8 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.tls import validate_and_resolve_root_certificates
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+from fedgmi.flower.pulls import shorten_pull_backoff
 
 #: Seconds between two ``AcquireTask`` polls when no task waits (``flower-superexec``: 1 s).
 DEFAULT_POLL_S = 0.1
@@ -122,6 +124,7 @@ def serve(address: str, insecure: bool, root_certificates: str | None = None, po
     if poll_s <= 0:
         raise ValueError(f"poll_s = {poll_s!r} must be a number of seconds > 0")
     stop = stop or threading.Event()
+    shorten_pull_backoff()
     certificates = validate_and_resolve_root_certificates(root_certificates, insecure)
     acquirer = _client(address, certificates, insecure, None)
     log(INFO, "fedgmi.flower.worker: serving the ClientApp tasks of the SuperNode at %s", address)
