@@ -180,6 +180,11 @@ class FedGMI(ParameterVectorStrategy):
         topic_lloyd_rounds: Federated Lloyd rounds refining the fine clusters after k-FED's
             one-shot merge (each one full-participation exchange of M x (D + 1) numbers per
             client each way; see ``init_exchanges``).
+        topic_min_group: No upload of the fine-cluster stage describes fewer than this many of
+            a client's samples: a local k-means cluster or a Lloyd cell with fewer stays on the
+            client (a centroid of one image is that image). Default 10, measured on
+            configs/pm_mnist.yaml's scenario: no loss (see docs/guide/flower.md, "What each
+            message carries"); 1 uploads every group.
         aggregation: Server rule under partial participation, "sampled" (default: the
             DESIGN's step 5, weights w_ck normalised over the sampled clients) or
             "all_clients" (see :class:`~fedgmi.federated.strategy.ParameterVectorStrategy`).
@@ -241,6 +246,7 @@ class FedGMI(ParameterVectorStrategy):
         train_top_m: int | None = None,
         head_epochs: int = 0,
         topic_lloyd_rounds: int = 5,
+        topic_min_group: int = 10,
         density_weights: Sequence[float] | None = None,
         calibration_fraction: float = 0.1,
     ) -> None:
@@ -263,7 +269,7 @@ class FedGMI(ParameterVectorStrategy):
             ("num_samples", num_samples, 1), ("proportion_iters", proportion_iters, 1),
             ("warmup_rounds", warmup_rounds, 0), ("topic_clusters", topic_clusters, 2),
             ("topic_restarts", topic_restarts, 1), ("topic_iters", topic_iters, 1), ("head_hidden", head_hidden, 0),
-            ("topic_lloyd_rounds", topic_lloyd_rounds, 0),
+            ("topic_lloyd_rounds", topic_lloyd_rounds, 0), ("topic_min_group", topic_min_group, 1),
             ("head_epochs", head_epochs, 0),
             *([("classifier_epochs", classifier_epochs, 1)] if classifier_epochs is not None else []),
         ]:
@@ -292,7 +298,7 @@ class FedGMI(ParameterVectorStrategy):
         self.proportion_iters, self.min_mass = proportion_iters, min_mass
         self.init, self.warmup_rounds = init, warmup_rounds if init == "topic" else 0
         self.topic_clusters, self.topic_restarts, self.topic_iters = topic_clusters, topic_restarts, topic_iters
-        self.topic_lloyd_rounds = topic_lloyd_rounds
+        self.topic_lloyd_rounds, self.topic_min_group = topic_lloyd_rounds, topic_min_group
         self.topic: TopicInit | None = None
 
     # ------------------------------------------------------------------ server side
@@ -403,6 +409,7 @@ class FedGMI(ParameterVectorStrategy):
         self.topic = fit_topic_init(
             pool, self.spec.num_components, num_clusters=self.topic_clusters, restarts=self.topic_restarts,
             iters=self.topic_iters, seed=self.seed, lloyd_rounds=self.topic_lloyd_rounds,
+            min_group=self.topic_min_group,
             num_classes=self.spec.num_classes if joint else None,
         )
         states = {c: {"pi": pi.to(self.fabric.device)} for c, pi in zip(pool.client_ids, self.topic.proportions)}

@@ -127,21 +127,27 @@ def _local_kmeans(x: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, 
 def client_local_kmeans(request: Payload, data: ClientData) -> Payload:
     """Step ``"topic.kmeans"`` (client): k-means on the client's training inputs with
     ``local_clusters`` clusters, seeded ``seed + client id``; uploads ``centroids`` (m, D) and
-    ``counts`` (m,), float32."""
+    ``counts`` (m,), float32, of the clusters with at least ``min_group`` samples only (a
+    smaller cluster's centroid is close to its few images: it stays on the client)."""
     centroids, counts = _local_kmeans(data.x_train.cpu().numpy(), int(request["local_clusters"]),
                                       int(request["seed"]) + int(data.client_id))
-    return {"centroids": torch.as_tensor(centroids, dtype=torch.float32),
-            "counts": torch.as_tensor(counts, dtype=torch.float32)}
+    keep = counts >= int(request.get("min_group", 1))
+    return {"centroids": torch.as_tensor(centroids[keep], dtype=torch.float32),
+            "counts": torch.as_tensor(counts[keep], dtype=torch.float32)}
 
 
 def client_lloyd(request: Payload, data: ClientData) -> Payload:
     """Step ``"topic.lloyd"`` (client): per received centroid (``centroids`` (M, D)) the ``sums``
-    (M, D) and ``counts`` (M,) of the client's training inputs nearest to it, float32."""
+    (M, D) and ``counts`` (M,) of the client's training inputs nearest to it, float32; zeros for
+    a centroid nearest to fewer than ``min_group`` of them (a sum of one image is that image)."""
     centroids = request["centroids"]
     x = data.x_train
     assign = nearest_centroid(x, centroids).cpu()
     sums = torch.zeros(centroids.shape, dtype=torch.float32).index_add_(0, assign, x.float().cpu())
-    return {"sums": sums, "counts": torch.bincount(assign, minlength=len(centroids)).float()}
+    counts = torch.bincount(assign, minlength=len(centroids)).float()
+    withheld = counts < int(request.get("min_group", 1))
+    sums[withheld], counts[withheld] = 0.0, 0.0
+    return {"sums": sums, "counts": counts}
 
 
 def client_histogram(request: Payload, data: ClientData) -> Payload:
@@ -185,6 +191,7 @@ def federated_kmeans(
     local_clusters: int = 10,
     lloyd_rounds: int = 5,
     seed: int = 0,
+    min_group: int = 1,
 ) -> tuple[torch.Tensor, int, int]:
     """k-FED one-shot seeding, then federated Lloyd rounds, as client steps.
 
@@ -194,23 +201,33 @@ def federated_kmeans(
         num_clusters: M, the number of global fine clusters.
         local_clusters: clusters each client fits locally before the one-shot merge.
         lloyd_rounds: federated Lloyd iterations after the merge.
+        min_group: No upload describes fewer than this many of a client's samples: a local
+            cluster or a Lloyd cell with fewer stays on the client (paper, k-FED: silent; here:
+            a minimum group size, as in k-anonymity; 1 uploads every group).
 
     Returns:
         ``(centroids, bytes_up, bytes_down)`` with centroids (M, D) float32, and the payload bytes
         of the steps (the final centroids' download included).
+
+    Raises:
+        ValueError: no client has a local cluster of ``min_group`` samples or more.
     """
     pool = _pool(clients)
     ids = pool.client_ids
     up0, down0 = pool.bytes_up, pool.bytes_down
+    group = {"min_group": torch.tensor(min_group)}
     local = pool.call("topic.kmeans", {c: {} for c in ids},
-                      {"local_clusters": torch.tensor(local_clusters), "seed": torch.tensor(seed)})
+                      {"local_clusters": torch.tensor(local_clusters), "seed": torch.tensor(seed), **group})
     points = torch.cat([local[c]["centroids"] for c in ids]).double().numpy()
     counts = torch.cat([local[c]["counts"] for c in ids]).double().numpy()
+    if not len(points):
+        raise ValueError(f"no client has a local cluster of min_group = {min_group} samples or more: "
+                         "lower it (FedGMI: algorithm.init_args.topic_min_group)")
     num_clusters = min(num_clusters, len(points))
     server = _kmeans(points, num_clusters, seed, n_init=3, weights=counts)
     centroids = torch.as_tensor(server.cluster_centers_, dtype=torch.float32)
     for _ in range(lloyd_rounds):
-        replies = pool.call("topic.lloyd", {c: {} for c in ids}, {"centroids": centroids})
+        replies = pool.call("topic.lloyd", {c: {} for c in ids}, {"centroids": centroids, **group})
         sums = torch.stack([replies[c]["sums"] for c in ids]).sum(0)
         totals = torch.stack([replies[c]["counts"] for c in ids]).sum(0)
         keep = totals > 0
@@ -287,6 +304,7 @@ def fit_topic_init(
     seed: int = 0,
     clients_y: Sequence[torch.Tensor] | None = None,
     num_classes: int | None = None,
+    min_group: int = 1,
 ) -> TopicInit:
     """Run both stages (fine clusters, then the federated topic model) on all clients, every
     computation on a client's data a client step (:data:`CLIENT_STEPS`).
@@ -301,6 +319,8 @@ def fit_topic_init(
         num_clusters: M fine clusters (default 60; 30-120 measured in the README).
         clients_y: With ``clients`` as tensors: per client, (n_c,) labels.
         num_classes: Y: tokens include the labels (``None``: label-free tokens).
+        min_group: Smallest group of a client's samples an upload of the fine-cluster stage
+            may describe (see :func:`federated_kmeans`).
 
     Returns:
         A :class:`TopicInit` with the global centroids and log beta and each client's pi (rows in
@@ -309,7 +329,7 @@ def fit_topic_init(
     pool = _pool(clients, clients_y)
     ids = pool.client_ids
     classes = num_classes if (clients_y is not None or isinstance(clients, ClientPool)) else None
-    centroids, up, down = federated_kmeans(pool, num_clusters, local_clusters, lloyd_rounds, seed)
+    centroids, up, down = federated_kmeans(pool, num_clusters, local_clusters, lloyd_rounds, seed, min_group)
     vocab = len(centroids) * (classes or 1)
     replies = pool.call("topic.histogram", {c: {} for c in ids},
                         {"centroids": centroids, "num_classes": torch.tensor(classes or 0)})

@@ -115,7 +115,7 @@ def test_local_training_lowers_the_weighted_negative_elbo(scenario):
                                 {"responsibility": "fuzzy"}, {"temperature": 0.0},
                                 {"classifier_sharing": "both"}, {"head_loss": "focal"}, {"num_components": 0},
                                 {"topic_iters": 0}, {"train_top_m": 0}, {"head_epochs": -1},
-                                {"topic_lloyd_rounds": -1}, {"density_weights": [1.0, -0.5]},
+                                {"topic_lloyd_rounds": -1}, {"topic_min_group": 0}, {"density_weights": [1.0, -0.5]},
                                 {"density_weights": [1.0, 1.0]}, {"density_weights": []},
                                 {"calibration_fraction": 1.0}])
 def test_bad_options_are_one_line_config_errors(kw):

@@ -1,7 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
 from fedgmi.algorithms.topic_init import (
+    client_lloyd,
+    client_local_kmeans,
     federated_kmeans,
     fit_plsa,
     fit_topic_init,
@@ -95,10 +98,52 @@ def test_topic_init_bytes_are_the_one_shot_protocol_and_do_not_grow_with_em_iter
     kfed = c * 3 * (d + 1) * 4  # local centroids and their counts
     lloyd_up, lloyd_down = 2 * c * m * (d + 1) * 4, 2 * c * m * d * 4
     assert short.bytes_up == kfed + lloyd_up + c * m * 4  # + each client's histogram
-    settings = c * 2 * 8  # the k-means step's local_clusters and seed (int64 each)
+    settings = c * (3 + 2) * 8  # local_clusters, seed, min_group; each Lloyd step's min_group (int64)
     assert short.bytes_down == settings + lloyd_down + c * m * d * 4 + c * (k * m + k) * 4  # centroids; beta and its pi
     assert short.exchanges == 1 + 2 + 1 + 1
     # the server's EM on the uploaded histograms is the computation the iterated protocol did
     hists = np.stack([np.bincount(nearest_centroid(x, short.centroids).numpy(), minlength=m) for x in clients])
     pi, _, _ = fit_plsa(hists.astype(np.float64), k, restarts=2, iters=10, seed=0)
     np.testing.assert_array_equal(pi.astype(np.float32), short.proportions.numpy())
+
+
+def _blob_client():
+    """A client with 40 samples around (0, 0) and 3 around (50, 50), far from everything."""
+    from fedgmi.data.scenario import ClientData
+
+    torch.manual_seed(3)
+    x = torch.cat([0.1 * torch.randn(40, 2), 50 + 0.1 * torch.randn(3, 2)])
+    empty = torch.zeros(0)
+    return ClientData(0, x, torch.zeros(43, dtype=torch.long), empty, empty.long())
+
+
+@pytest.mark.parametrize("min_group, outlier_sent", [(1, True), (4, False)])
+def test_a_local_cluster_smaller_than_min_group_stays_on_the_client(min_group, outlier_sent):
+    request = {"local_clusters": torch.tensor(2), "seed": torch.tensor(0), "min_group": torch.tensor(min_group)}
+    reply = client_local_kmeans(request, _blob_client())
+    near_outlier = (reply["centroids"] - 50).norm(dim=1) < 1
+    assert bool(near_outlier.any()) is outlier_sent
+    assert reply["counts"].sum() == (43 if outlier_sent else 40)
+
+
+@pytest.mark.parametrize("min_group", [1, 4])
+def test_a_lloyd_cell_smaller_than_min_group_uploads_zeros(min_group):
+    centroids = torch.tensor([[0.0, 0.0], [50.0, 50.0]])
+    reply = client_lloyd({"centroids": centroids, "min_group": torch.tensor(min_group)}, _blob_client())
+    assert reply["counts"].tolist() == ([40.0, 3.0] if min_group == 1 else [40.0, 0.0])
+    assert bool(reply["sums"][1].abs().sum() > 0) is (min_group == 1)  # a sum of 3 points, or nothing
+
+
+def test_no_cluster_large_enough_is_one_clear_error():
+    clients = [torch.rand(12, 2) for _ in range(3)]
+    with pytest.raises(ValueError, match="no client has a local cluster of min_group = 50 samples"):
+        federated_kmeans(clients, 4, local_clusters=2, lloyd_rounds=1, min_group=50)
+
+
+def test_min_group_keeps_separated_clusters_found():
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    clients = [centres[torch.tensor([c % 4, (c + 1) % 4]).repeat_interleave(30)] + 0.3 * torch.randn(60, 2)
+               for c in range(6)]
+    found, _, _ = federated_kmeans(clients, 4, local_clusters=3, lloyd_rounds=3, min_group=10)
+    assert (torch.cdist(centres, found).min(1).values < 0.5).all()
