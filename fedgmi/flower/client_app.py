@@ -28,7 +28,7 @@ from fedgmi.federated.clients import run_client_step
 from fedgmi.federated.messages import ContractError
 from fedgmi.federated.worker import NonFiniteLossError, counted_client_update
 from fedgmi.flower import wire
-from fedgmi.flower.runtime import ClientSide, RunSettings, client_side, data_file
+from fedgmi.flower.runtime import ClientSide, RunSettings, client_side, data_file, floored
 
 
 def _side(context: Context, run_config: dict | None = None) -> ClientSide:
@@ -78,11 +78,13 @@ def _client_state(msg: Message, context: Context, cid: int, device) -> dict:
 def step(msg: Message, context: Context, run_config: dict | None = None) -> Message:
     """A client step (:mod:`fedgmi.federated.clients`: the initialisation stage's and the
     evaluation's computations) for the node's clients in the message, on their own data; each
-    client's scratch is kept in the node's context between steps, never sent."""
+    client's scratch is kept in the node's context between steps, never sent. The node's
+    ``min-group`` raises the request's (:func:`~fedgmi.flower.runtime.floored`)."""
     side = _side(context, run_config)
     strategy, device = side.strategy, side.strategy.fabric.device
     _load_node_state(msg, context, side)
     name, cids, shared, global_state = wire.step_from(msg.content, device)
+    shared = floored(shared, context.node_config)  # the node's own floor (node config min-group)
     if global_state is not None:
         set_global_state(strategy, global_state)
     held = side.held(context.node_config)

@@ -22,7 +22,10 @@ Node config keys (``flower-supernode --node-config``; the simulation engine sets
 - else ``client-ids`` (str): the fedgmi client ids whose data the node holds, e.g. ``"3"``,
   ``"0,4,7"`` or ``"0-9"``;
 - else ``partition-id`` and ``num-partitions`` (int): the node holds the clients c with
-  c % num-partitions == partition-id.
+  c % num-partitions == partition-id;
+- ``min-group`` (int >= 1, optional): the node's own floor on the smallest group of its samples
+  a client step's upload may describe (FedGMI's ``topic_min_group``, which the server sends
+  with the step): the node uses the larger of the two (:func:`floored`).
 """
 
 from __future__ import annotations
@@ -201,6 +204,25 @@ class ClientSide:
         return {"client-ids": ids, "image-shape": list(self.scenario.image_shape),
                 "num-classes": int(self.scenario.num_classes), "train-sizes": sizes, "has-truth": True,
                 "component-names": list(self.scenario.component_names)}
+
+
+def floored(shared: Mapping[str, Any], node_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A client step's shared settings with the node's ``min-group`` applied: a request's
+    ``min_group`` (a 0-d tensor) is raised to the node's floor; other requests pass unchanged.
+
+    Raises:
+        ConfigError: ``min-group`` is not an integer >= 1 (one line).
+    """
+    if "min-group" not in node_config:
+        return dict(shared)
+    floor = node_config["min-group"]
+    if isinstance(floor, bool) or not isinstance(floor, int) or floor < 1:
+        raise ConfigError(f"node config: min-group = {floor!r} must be an integer >= 1")
+    if "min_group" not in shared:
+        return dict(shared)
+    import torch
+
+    return {**shared, "min_group": torch.tensor(max(int(shared["min_group"]), floor))}
 
 
 def data_file(node_config: Mapping[str, Any]) -> str:

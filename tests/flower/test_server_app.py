@@ -146,3 +146,41 @@ def test_a_client_step_message_holds_nothing_of_another_nodes_clients(fedgmi_aft
     for cid in (2, 3):
         foreign = strategy.client_state[cid]["pi"].cpu().numpy()
         assert not any(arr.shape == foreign.shape and (arr == foreign).all() for arr in sent), cid
+
+
+@pytest.mark.parametrize("node_config, sent", [({}, True), ({"min-group": 1000}, False)])
+def test_a_nodes_min_group_floor_keeps_small_clusters_home(fedgmi_after_init, node_config: dict, sent: bool,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server asks for k-FED centroids with min_group 1; a node whose config says
+    ``min-group=1000`` (more than any client's cluster) uploads none, the same node without the
+    floor uploads them."""
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedgmi.flower.client_app import step
+
+    for attribute in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attribute, 1)  # messages are built inside a Flower run
+    grid = RecordingGrid([NODE_A, NODE_B])
+    rounds = FlowerRounds(grid, RunSettings(resolve_config("configs/pm_digits.yaml"), round_timeout=1.0),
+                          strategy=fedgmi_after_init)
+    rounds.holder, rounds.queried = assign_clients({}, [(NODE_A, [0, 1]), (NODE_B, [2, 3])]), {NODE_A, NODE_B}
+    shared = {"local_clusters": torch.tensor(10), "seed": torch.tensor(0), "min_group": torch.tensor(1)}
+    with pytest.raises(RuntimeError, match="no reply within round-timeout"):
+        rounds.call("topic.kmeans", {c: {} for c in range(4)}, shared)
+    to_a = next(m for m in grid.sent if m.metadata.dst_node_id == NODE_A)
+    context = Context(run_id=1, node_id=NODE_A, node_config={"client-ids": "0-1", **node_config}, state=RecordDict(),
+                      run_config={"config": "configs/pm_digits.yaml", "overrides": "--scenario.num_clients 4"})
+    reply = step(to_a, context)
+    for cid in (0, 1):
+        centroids = wire.step_reply(reply.content, cid)["centroids"]
+        assert (len(centroids) > 0) is sent, (cid, centroids.shape)
+
+
+def test_a_bad_min_group_floor_is_one_line() -> None:
+    from fedgmi.flower.runtime import floored
+
+    with pytest.raises(ConfigError, match=r"^node config: min-group = 0 must be an integer >= 1$"):
+        floored({"min_group": torch.tensor(5)}, {"min-group": 0})
+    assert int(floored({"min_group": torch.tensor(5)}, {"min-group": 3})["min_group"]) == 5  # the larger one
+    assert floored({"seed": torch.tensor(1)}, {"min-group": 30}) == {"seed": torch.tensor(1)}
