@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--unseen_fraction", type=float, default=0.2)
     parser.add_argument("--runs_dir", default="runs/shifts")
-    parser.add_argument("--out", default="benchmarks/results/shifts_pm_mnist")
+    parser.add_argument("--out", default="benchmarks/results/shifts_pm_mnist_untuned")
     args = parser.parse_args(argv)
     command = "python benchmarks/shifts.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     extra = ["--federation.rounds", str(args.rounds), "--federation.unseen_fraction", str(args.unseen_fraction)]
