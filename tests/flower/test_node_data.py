@@ -83,7 +83,7 @@ def test_nodes_with_their_own_data_train_as_in_process_and_the_server_reads_no_d
     monkeypatch.setenv("FEDGMI_DATA_DIR", str(absent))  # Loopback copies os.environ: no data folder anywhere
     with Loopback(tmp_path / "flower", []) as fed:
         for i, path in enumerate(files):
-            fed._start(f"node{i}", [str(BIN / "flower-supernode"), "--insecure", "--superlink",
+            fed.start(f"node{i}", [str(BIN / "flower-supernode"), "--insecure", "--superlink",
                                     f"127.0.0.1:{fed.port}", "--port", str(free_port()),
                                     "--node-config", f"data-file='{path}'"])
         out = tmp_path / "flower-run"
