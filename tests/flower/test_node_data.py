@@ -84,8 +84,8 @@ def test_nodes_with_their_own_data_train_as_in_process_and_the_server_reads_no_d
     with Loopback(tmp_path / "flower", []) as fed:
         for i, path in enumerate(files):
             fed.start(f"node{i}", [str(BIN / "flower-supernode"), "--insecure", "--superlink",
-                                    f"127.0.0.1:{fed.port}", "--port", str(free_port()),
-                                    "--node-config", f"data-file='{path}'"])
+                                   f"127.0.0.1:{fed.port}", "--port", str(free_port()),
+                                   "--node-config", f"data-file='{path}'"])
         out = tmp_path / "flower-run"
         proc = fed.run(f"overrides='{overrides} --output_dir {out}' node-timeout=120.0", timeout=600)
         deadline = time.monotonic() + 600
