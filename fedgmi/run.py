@@ -39,6 +39,7 @@ from fedgmi.data import Scenario
 from fedgmi.errors import ConfigError
 from fedgmi.federated.channel import Channel
 from fedgmi.federated.checkpoint import (
+    DEPLOYMENT,
     check_signature,
     rng_states,
     save_round_checkpoint,
@@ -185,7 +186,7 @@ def checkpoint_state(p: Prepared, loop: LoopState) -> dict:
             "channel": p.objs.channel.state_dict(),
             "rng": rng_states(), "wandb_id": tracking.wandb_run_id(p.fabric),
             "signature": strategy_signature(p.strategy.name, p.strategy.global_state),
-            "scenario": None if p.scenario is None else
+            "scenario": DEPLOYMENT if p.scenario is None else
             scenario_signature(p.scenario, p.objs.seed, p.objs.federation.unseen_fraction)}
 
 

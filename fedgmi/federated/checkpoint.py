@@ -17,6 +17,7 @@ import math
 import os
 import pickle
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -161,9 +162,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+DEPLOYMENT = {"deployment": True}
+"""The scenario signature of a checkpoint written by a deployment's server, which never holds
+the clients' data (:mod:`fedgmi.flower`): there is no scenario to sign."""
+
+
 def check_scenario(path: str | os.PathLike, saved: dict[str, Any] | None, expected: dict[str, Any]) -> None:
     """Raise ConfigError (one line naming the first field that differs, with both values) when
-    a checkpoint was written for another scenario than this run's."""
+    a checkpoint was written for another scenario than this run's. A deployment's checkpoint
+    (:data:`DEPLOYMENT`) cannot be checked: a warning says so and the run goes on (the operator
+    vouches that this run's scenario holds the nodes' data)."""
+    if saved == DEPLOYMENT:
+        warnings.warn(f"checkpoint {str(path)!r} was written by a deployment whose server never saw the clients' "
+                      "data: this run's scenario cannot be checked against it (it must hold the nodes' data)",
+                      stacklevel=2)
+        return
     if saved is None:
         raise ConfigError(f"checkpoint {str(path)!r} holds no scenario signature (written by an older "
                           "fedgmi); it cannot be checked against this run's scenario")

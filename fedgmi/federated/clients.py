@@ -110,25 +110,33 @@ class ClientPool(ABC):
         """The clients ``ids`` of this pool, with counters of their own."""
         return PoolView(self, ids)
 
-    def call(self, step: str, requests: Mapping[int, Payload], shared: Payload | None = None) -> dict[int, Payload]:
+    def call(self, step: str, requests: Mapping[int, Payload], shared: Payload | None = None,
+             partial: bool = False) -> dict[int, Payload]:
         """Run ``step`` on the clients of ``requests`` (each with its request and ``shared``).
 
+        Args:
+            partial: Return the replies of the clients that could be reached and leave out those
+                whose node is gone or did not reply in time (a deployment; a pool in this
+                process reaches every client). ``False``: that is an error.
+
         Returns:
-            Client id -> its reply, for every client of ``requests``.
+            Client id -> its reply, for every client of ``requests`` (``partial``: those reached).
 
         Raises:
-            RuntimeError: a client's step failed (the message names the client and the step).
+            RuntimeError: a client's step failed, or (not ``partial``) a client was not reached
+                (the message names the client and the step).
         """
         shared = dict(shared or {})
-        replies = self._call(step, {int(c): dict(r) for c, r in requests.items()}, shared)
+        replies = self._call(step, {int(c): dict(r) for c, r in requests.items()}, shared, partial)
         self.exchanges += 1
         self.bytes_down += sum(payload_bytes(shared) + payload_bytes(r) for r in requests.values())
         self.bytes_up += sum(payload_bytes(r) for r in replies.values())
         return replies
 
     @abstractmethod
-    def _call(self, step: str, requests: dict[int, Payload], shared: Payload) -> dict[int, Payload]:
-        """Deliver the requests and collect the replies (the transport)."""
+    def _call(self, step: str, requests: dict[int, Payload], shared: Payload,
+              partial: bool = False) -> dict[int, Payload]:
+        """Deliver the requests and collect the replies (the transport; see :meth:`call`)."""
 
 
 class PoolView(ClientPool):
@@ -144,11 +152,12 @@ class PoolView(ClientPool):
     def client_ids(self) -> list[int]:
         return list(self.ids)
 
-    def _call(self, step: str, requests: dict[int, Payload], shared: Payload) -> dict[int, Payload]:
+    def _call(self, step: str, requests: dict[int, Payload], shared: Payload,
+              partial: bool = False) -> dict[int, Payload]:
         stray = sorted(set(requests) - set(self.ids))
         if stray:
             raise RuntimeError(f"step {step!r}: clients {stray} are not in this pool")
-        return self.pool._call(step, requests, shared)
+        return self.pool._call(step, requests, shared, partial)
 
 
 class InProcessClients(ClientPool):
@@ -176,8 +185,9 @@ class InProcessClients(ClientPool):
     def client_ids(self) -> list[int]:
         return sorted(self.clients)
 
-    def _call(self, step: str, requests: dict[int, Payload], shared: Payload) -> dict[int, Payload]:
-        out = {}
+    def _call(self, step: str, requests: dict[int, Payload], shared: Payload,
+              partial: bool = False) -> dict[int, Payload]:
+        out = {}  # every client here is reached: ``partial`` changes nothing
         for cid in sorted(requests):
             if cid not in self.clients:
                 raise RuntimeError(f"step {step!r}: no client {cid} in this pool")

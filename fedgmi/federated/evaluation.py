@@ -108,7 +108,8 @@ class Evaluation:
     Attributes:
         metrics: Flat scalar metrics (stable keys, listed in docs/guide/outputs.md).
         mapping: (K_learned,) learned -> true component map (one-to-one when the K agree).
-        estimated_proportions: (C, K_learned) estimated pi of every client, columns by learned component.
+        estimated_proportions: (C, K_learned) estimated pi of every client, columns by learned component
+            (a NaN row for a client a deployment could not reach).
         component_accuracy: (K_true, K_learned) accuracy of learned component j's head (column) on true
             distribution t's test data (row), training clients; raw column order.
         client_model_accuracy: (K_true,) accuracy of the personalised client models per true t.
@@ -271,32 +272,44 @@ def evaluate(strategy: Strategy, clients, config: EvalConfig, seed: int = 0,
 
     Returns:
         An :class:`Evaluation`; its metric keys are listed in docs/guide/outputs.md. The
-        ground-truth scores are NaN when the clients hold no ground truth.
+        ground-truth scores are NaN when the clients hold no ground truth. Clients a
+        deployment cannot reach (their node gone) are left out of every score and counted in
+        ``clients_unevaluated``; their rows of the tables are then missing.
 
     Raises:
         ConfigError: ``generalization`` asked of clients that are not all in this process.
+        RuntimeError: no client could be reached.
     """
     pool = client_pool(clients, strategy)
     scenario = getattr(pool, "scenario", None)
     if scenario is not None:
         attach_truth(strategy, scenario)
-    ids, unseen = pool.client_ids, {int(c) for c in unseen}
+    everyone, unseen = pool.client_ids, {int(c) for c in unseen}
+    first = pool.call("evaluate", {c: {"seen": torch.tensor(c not in unseen)} for c in everyone},
+                      _settings(config, seed), partial=True)
+    ids = _reached(everyone, first)
     seen_ids = [c for c in ids if c not in unseen]
-    first = pool.call("evaluate", {c: {"seen": torch.tensor(c not in unseen)} for c in ids}, _settings(config, seed))
-    est = torch.stack([first[c]["pi"] for c in ids]).double().numpy()
-    num_learned = est.shape[1]
+    num_learned = int(first[ids[0]]["pi"].numel())
+    est = np.full((len(everyone), num_learned), np.nan)  # a client not reached keeps a NaN row
+    for row, c in enumerate(everyone):
+        if c in first:
+            est[row] = first[c]["pi"].double().cpu().numpy()
     truth = all("confusion" in first[c] for c in ids)
     k_true = int(first[ids[0]]["count"].numel()) if truth else num_learned
     mixture = strategy.models_mixture and truth
     mapping = _mapping(first, seen_ids, num_learned) if mixture else np.arange(k_true)
     second = pool.call("evaluate.matched", {c: {"nll": torch.tensor(c not in unseen)} for c in ids},
-                       {"mapping": torch.as_tensor(mapping), "tv": torch.tensor(mixture)}) if truth else {}
+                       {"mapping": torch.as_tensor(mapping), "tv": torch.tensor(mixture)}, partial=True) if truth else {}
+    if truth and len(second) < len(ids):  # a node went between the two steps: score who answered both
+        ids = _reached(ids, second)
+        seen_ids = [c for c in ids if c not in unseen]
     metrics = _metrics(strategy, first, second, seen_ids, mapping, truth, k_true, num_learned)
     columns = num_learned if strategy.models_mixture else k_true  # no mixture: K_true columns, NaN past the first
     table, client_model, nll = _tables(first, second, seen_ids, k_true, columns, truth)
     if not strategy.pixel_density:
         nll = np.full_like(nll, np.nan)
     metrics["test_nll"] = _nanmean(nll)
+    metrics["clients_unevaluated"] = len(everyone) - len(ids)
     shape = scenario.image_shape if scenario is not None else strategy.spec.image_shape
     metrics["test_nll_bits_per_dim"] = nats_to_bits_per_dim(metrics["test_nll"], int(np.prod(shape)))
     metrics["component_accuracy_diag_min"], metrics["component_accuracy_offdiag_max"] = \
@@ -310,14 +323,26 @@ def evaluate(strategy: Strategy, clients, config: EvalConfig, seed: int = 0,
         gen_acc = generalization_accuracy(strategy, scenario, config, est_pi, gen)
         metrics["generalization_accuracy_mean"] = float(gen_acc.mean())
         metrics["generalization_accuracy_p10"] = float(np.percentile(gen_acc, 10))
-    if unseen:
-        ids_unseen = sorted(unseen)
+    if unseen & set(ids):
+        ids_unseen = sorted(unseen & set(ids))
         metrics["unseen_client_accuracy_mean"] = float(np.mean([first[c]["accuracy"].item() for c in ids_unseen]))
         metrics["unseen_proportion_error_tv"] = (float(np.mean([second[c]["tv"].item() for c in ids_unseen]))
                                                  if mixture else float("nan"))
     if not strategy.models_mixture:  # FedAvg, Local: no mixture, so no estimated proportions
-        est = np.full((len(ids), k_true), np.nan)
+        est = np.full((len(everyone), k_true), np.nan)
     return Evaluation(metrics, mapping, est, table, client_model, nll)
+
+
+def _reached(ids: list[int], replies: dict[int, Payload]) -> list[int]:
+    """The clients of ``ids`` that replied (a deployment's gone nodes leave theirs out).
+
+    Raises:
+        RuntimeError: none replied (one line).
+    """
+    reached = [c for c in ids if c in replies]
+    if not reached:
+        raise RuntimeError(f"evaluation: none of the {len(ids)} clients could be reached (their nodes are gone)")
+    return reached
 
 
 def _merged(metric, states: list[dict[str, torch.Tensor]]):

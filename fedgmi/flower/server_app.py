@@ -224,20 +224,25 @@ class FlowerRounds(ClientPool):
     def client_ids(self) -> list[int]:
         return sorted(self.holder)
 
-    def _call(self, step: str, requests: dict[int, dict], shared: dict) -> dict[int, dict]:
+    def _call(self, step: str, requests: dict[int, dict], shared: dict, partial: bool = False) -> dict[int, dict]:
         """One ``query.step`` message per node holding some of the clients (their requests, the
         shared payload, the node state, the server's copy of a client's state where the node may
         not hold it and, for the evaluation, the global vectors); waits up to round-timeout.
+        With ``partial``, the clients of a node that is gone, did not reply in time or answered
+        with Flower's error are left out (one progress line each) instead.
 
         Raises:
             RuntimeError: a client is held by no node, a node did not reply, or a client's step
-                failed on its node (one line naming them).
+                failed on its node (one line naming them; ``partial``: only the last).
         """
         strategy = self.strategy
         self.refresh()
         by_node: dict[int, list[int]] = {}
         for cid in sorted(requests):
             if cid not in self.holder:
+                if partial:
+                    self.log(f"fedgmi.flower: step {step!r}: client {cid} is held by no connected node; left out")
+                    continue
                 raise RuntimeError(f"step {step!r}: client {cid} is held by no connected node")
             by_node.setdefault(self.holder[cid], []).append(cid)
         messages = {}
@@ -260,7 +265,13 @@ class FlowerRounds(ClientPool):
             if reply is None or reply.has_error():
                 self.strategy_sent.pop(node, None)
                 why = "no reply within round-timeout" if reply is None else reply.error.reason
-                raise RuntimeError(f"step {step!r}: node {node} (clients {cids}): {' '.join(str(why).split())[:300]}")
+                line = f"step {step!r}: node {node} (clients {cids}): {' '.join(str(why).split())[:300]}"
+                if not partial:
+                    raise RuntimeError(line)
+                self.log(f"fedgmi.flower: {line}; left out")
+                for cid in cids:
+                    self.state_sent.discard((node, cid))
+                continue
             self.counts["flower_bytes_up"] += wire.message_bytes(reply)
             for cid in cids:
                 out[cid] = {k: v.to(strategy.fabric.device) for k, v in wire.step_reply(reply.content, cid).items()}

@@ -68,3 +68,16 @@ def test_a_composed_shift_describes_its_parts_the_same_in_every_process():
     assert tied([0, 90, 180]) == tied([0.0, 90.0, 180.0])  # no object addresses: a resume can match it
     assert tied([0, 90, 180]).startswith("Composed(shifts=[Rotation(angles=[0, 90, 180]), LabelPermutation(")
     assert tied([0, 90, 180]) != tied([0, 90, 270])
+
+
+def test_a_deployments_checkpoint_resumes_with_a_warning_an_unsigned_one_is_refused():
+    from fedgmi.errors import ConfigError
+    from fedgmi.federated.checkpoint import DEPLOYMENT, check_scenario
+
+    expected = {"scenario.dataset": "digits", "seed": 0}
+    with pytest.warns(UserWarning, match="written by a deployment whose server never saw the clients' data"):
+        check_scenario("last.ckpt", dict(DEPLOYMENT), expected)
+    with pytest.raises(ConfigError, match="holds no scenario signature"):
+        check_scenario("last.ckpt", None, expected)
+    with pytest.raises(ConfigError, match="written for seed = 1; this run has seed = 0"):
+        check_scenario("last.ckpt", {**expected, "seed": 1}, expected)

@@ -9,6 +9,7 @@ import torch
 
 from fedgmi.data import ClientData
 from fedgmi.errors import ConfigError
+from fedgmi.federated.clients import InProcessClients, scenario_clients
 from fedgmi.federated.evaluation import EvalConfig, evaluate
 from fedgmi.federated.strategy import EvaluationHooks, Strategy
 
@@ -70,6 +71,35 @@ def test_unseen_clients_recover_their_proportions_from_unlabelled_data():
     assert m["unseen_client_accuracy_mean"] == pytest.approx(1.0)
     nll = -torch.distributions.Normal(0.0, 1.0).log_prob(torch.randn(200000)).sum().item() / 100000
     assert m["test_nll"] == pytest.approx(nll, abs=0.05)  # 2-D standard normal entropy, nats
+
+
+class GoneNodes(InProcessClients):
+    """In-process clients of which ``gone`` cannot be reached, as a deployment's dead nodes."""
+
+    def __init__(self, strategy, scenario, gone):
+        super().__init__(strategy, scenario_clients(scenario), scenario)
+        self.gone = set(gone)
+
+    def _call(self, step, requests, shared, partial=False):
+        if self.gone & set(requests) and not partial:
+            raise RuntimeError(f"step {step!r}: clients {sorted(self.gone & set(requests))} not reached")
+        return super()._call(step, {c: r for c, r in requests.items() if c not in self.gone}, shared, partial)
+
+
+def test_clients_a_deployment_cannot_reach_are_left_out_and_counted():
+    props = [[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.65, 0.35]]
+    scenario, strategy = make_scenario(props), GaussianMixtureStrategy()
+    gone = evaluate(strategy, GoneNodes(strategy, scenario, {1, 3}), EvalConfig(), unseen={2, 3})
+    reached = evaluate(strategy, GoneNodes(strategy, scenario, ()).only([0, 2]), EvalConfig(), unseen={2})
+    everyone = evaluate(strategy, scenario, EvalConfig(), unseen={2, 3})
+    assert gone.metrics.pop("clients_unevaluated") == 2 and reached.metrics.pop("clients_unevaluated") == 0
+    assert everyone.metrics["clients_unevaluated"] == 0
+    assert gone.metrics == pytest.approx(reached.metrics, nan_ok=True)  # the same as scoring those who answered
+    assert gone.metrics["proportion_error_tv"] != everyone.metrics["proportion_error_tv"]  # others left out
+    assert np.isnan(gone.estimated_proportions[[1, 3]]).all()  # one row per client, NaN where not reached
+    np.testing.assert_array_equal(gone.estimated_proportions[[0, 2]], reached.estimated_proportions)
+    with pytest.raises(RuntimeError, match="none of the 4 clients could be reached"):
+        evaluate(strategy, GoneNodes(strategy, scenario, {0, 1, 2, 3}), EvalConfig())
 
 
 def test_generalization_is_each_clients_accuracy_on_the_pooled_test_parts_of_all_clients():

@@ -133,7 +133,8 @@ def process_federation(tmp_path_factory):
 @pytest.mark.parametrize("isolation", ["subprocess", "process"])
 def test_node_killed_mid_round(isolation: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """A SuperNode killed while it trains round 1 (with its long-lived ClientApp process, under
-    process isolation): the round ends with the other node's clients after round-timeout, the run
+    process isolation): the round ends with the other node's clients after round-timeout, the
+    evaluation scores the clients of the node still there and counts the others, the run
     finishes, and its checkpoint resumes with ``fedgmi fit``."""
     federation: Loopback = request.getfixturevalue("federation" if isolation == "subprocess" else "process_federation")
     out = tmp_path / "crash"
@@ -158,10 +159,14 @@ def test_node_killed_mid_round(isolation: str, request: pytest.FixtureRequest, t
     _wait(proc, 180, federation)
     log = " ".join(federation.log("flwr-run").split())
     assert proc.returncode == 0, log[-3000:]
-    assert "round 1: client 2 on node" in log  # no reply in time, or Flower's error reply for a node gone
-    assert "did not reply within round-timeout = 45 s; left out" in log or "round 1: client 2 failed on node" in log
+    # no reply in time, or Flower's error reply for a node gone ("Node Unavailable")
+    assert "round 1: client 2 on node" in log and "did not reply within round-timeout = 45 s; left out" in log \
+        or "round 1: client 2 failed on node" in log, log[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rounds"] == 2 and metrics["clients_failed"] >= 2 and metrics["rounds_skipped"] == 0
+    # node1 (clients 2-3) is still gone at the evaluation: node0's clients are scored, node1's counted
+    assert metrics["clients_unevaluated"] == 2 and 0 <= metrics["client_accuracy_mean"] <= 1, metrics
+    assert "step 'evaluate': node" in log and "left out" in log
     resumed = _fit("--config", str(out / "config.yaml"), "--ckpt_path", str(out / "checkpoints" / "last.ckpt"),
                    "--federation.rounds", "3")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
