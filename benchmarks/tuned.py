@@ -34,7 +34,10 @@ are kept beside its metrics.
 Writes ``<out>.md`` (the command at the top; per kind: the chosen settings and the test
 metrics of every method, bytes up and down, total bytes over FedAvg's, local compute as sample
 passes per round, CPU and wall seconds per run; then every grid point's validation score) and
-``<out>.csv`` (one row per kind and method). Prints a JSON summary.
+``<out>.csv`` (one row per kind and method). Prints a JSON summary. With ``--merge_into
+PREFIX`` it writes no new table: the methods of this invocation replace their rows in the
+earlier table PREFIX.md/.csv (after a change to one method, the others' rows need no rerun:
+their code did not change), and the .md names the command that replaced them.
 """
 
 from __future__ import annotations
@@ -195,10 +198,14 @@ def fmt(mean: float, std: float, column: str) -> str:
     return f"{mean:.3f} ± {std:.3f}"
 
 
-def kind_rows(kind: str, methods: list[str], tuned: dict, tested: dict, rounds: int) -> tuple[list[str], list[dict]]:
-    """The markdown lines and CSV rows of one kind."""
+def kind_rows(kind: str, methods: list[str], tuned: dict, tested: dict, rounds: int,
+              fedavg_total: float | None = None) -> tuple[list[str], list[dict]]:
+    """The markdown lines and CSV rows of one kind (``fedavg_total``: FedAvg's mean bytes up +
+    down, when FedAvg is not among ``methods``)."""
     stats = {m: {c: summarise([r.get(c) for r in tested[(kind, m)]]) for c in COLUMNS + COST} for m in methods}
     base = stats.get("fedavg")
+    if base is not None:
+        fedavg_total = base["bytes_up"][0] + base["bytes_down"][0]
     head = ["method", "epochs", "lr", "val. acc.", *COLUMNS, "bytes up (MB)", "bytes down (MB)", "total / FedAvg",
             "sample passes / round (k)", "CPU s / run", "wall s / run"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -206,7 +213,7 @@ def kind_rows(kind: str, methods: list[str], tuned: dict, tested: dict, rounds: 
     for m in methods:
         (e, lr), s = tuned[(kind, m)]["chosen"], stats[m]
         total = s["bytes_up"][0] + s["bytes_down"][0]
-        ratio = total / (base["bytes_up"][0] + base["bytes_down"][0]) if base else float("nan")
+        ratio = total / fedavg_total if fedavg_total else float("nan")
         passes = s["train_sample_passes"][0] / rounds / 1e3
         cells = [m, str(e), f"{lr:g}", f"{tuned[(kind, m)]['scores'][(e, lr)]:.3f}",
                  *[fmt(*s[c], c) for c in COLUMNS], fmt(*s["bytes_up"], "bytes_up"),
@@ -268,6 +275,50 @@ def write(bench: Benchmark, tuned: dict, tested: dict, command: str, notes: dict
     return rows
 
 
+def merge(bench: Benchmark, tuned: dict, tested: dict, command: str) -> list[dict]:
+    """Replace this invocation's methods' rows in the earlier table ``--merge_into`` (.md and
+    .csv: the results line and the grid line of each kind, the CSV rows); every other row stays
+    as it was, and the .md says which command replaced which rows. Total / FedAvg uses the
+    table's FedAvg row when FedAvg is not rerun.
+
+    Raises:
+        SystemExit: the earlier table lacks a kind or method of this invocation (one line).
+    """
+    args = bench.args
+    prefix = ROOT / args.merge_into
+    old_rows = list(csv.DictReader(prefix.with_suffix(".csv").open()))
+    lines = prefix.with_suffix(".md").read_text().splitlines()
+    rounds = int(tested[(args.kinds[0], args.methods[0])][0]["rounds"])
+    rows = []
+    for kind in args.kinds:
+        fedavg = [r for r in old_rows if r["kind"] == kind and r["method"] == "fedavg"]
+        total = float(fedavg[0]["bytes_up_mean"]) + float(fedavg[0]["bytes_down_mean"]) if fedavg else None
+        table, kind_csv = kind_rows(kind, args.methods, tuned, tested, rounds, total)
+        rows += kind_csv
+        grid = grid_lines(kind, args.methods, tuned, bench.grid()) if bench.tuning_kind(kind) == kind else []
+        start = lines.index(f"## {kind}") if f"## {kind}" in lines else sys.exit(f"--merge_into: no kind {kind}")
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        for m_idx, m in enumerate(args.methods):
+            found = [i for i in range(start, end) if lines[i].startswith(f"| {m} |")]
+            if not found:
+                sys.exit(f"--merge_into: no row of method {m} under kind {kind} in {prefix.with_suffix('.md')}")
+            for i, new in zip(found, [table[2 + m_idx], *([grid[2 + m_idx]] if grid else [])]):
+                lines[i] = new
+    replaced = {(r["kind"], r["method"]): r for r in rows}
+    merged = [replaced.pop((r["kind"], r["method"]), r) for r in old_rows]
+    if replaced:
+        sys.exit(f"--merge_into: {sorted(replaced)} have no row in {prefix.with_suffix('.csv')}")
+    at = lines.index("Made with:") + 3
+    lines[at:at] = [f"Rows of {', '.join(args.methods)} replaced by (the other rows as made above):", "",
+                    f"    {command}", ""]
+    prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    with prefix.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(old_rows[0]))
+        writer.writeheader()
+        writer.writerows({k: r.get(k) for k in old_rows[0]} for r in merged)
+    return rows
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kinds", nargs="+", default=["rotation"], choices=list(KINDS))
@@ -283,6 +334,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs_dir", default="runs/tuned")
     parser.add_argument("--out", default="benchmarks/results/tuned")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each with one thread)")
+    parser.add_argument("--merge_into", default=None,
+                        help="an earlier table's prefix (.md, .csv): replace only this invocation's methods' "
+                             "rows there (e.g. after a change to one method's config), instead of --out")
     return parser.parse_args(argv)
 
 
@@ -299,7 +353,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         bound = label_permutation_bound(scenario_overlay("label_permutation", bench.runs), 30, 0.2, args.seeds[0])
         notes["label_permutation"] = [(f"x-only bound on client accuracy (perfect classifiers, true proportions, "
                                        f"the majority component's label), seed {args.seeds[0]}: {bound:.3f}.")]
-    rows = write(bench, tuned, tested, command, notes)
+    rows = merge(bench, tuned, tested, command) if args.merge_into else write(bench, tuned, tested, command, notes)
     print(json.dumps(rows, indent=1, default=str))
     return rows
 

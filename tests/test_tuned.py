@@ -3,6 +3,7 @@ of the test seeds at the chosen point (from finished runs: nothing is trained he
 
 import csv
 import json
+import shutil
 
 from tests.helpers import load_benchmark
 
@@ -61,3 +62,26 @@ def test_tune_on_one_kind_serves_every_kind(tmp_path):
     assert [(r["kind"], r["epochs"]) for r in rows] == [("rotation", 5), ("corruption", 5)]
     assert not (runs / "corruption" / "fedavg" / "E30-lr0.001-seed100").exists()  # no grid of its own
     assert "Settings chosen on the rotation grid" in (tmp_path / "table.md").read_text()
+
+
+def test_merge_into_replaces_only_the_rerun_methods_rows(tmp_path):
+    tuned = load_benchmark("tuned")
+    runs = tmp_path / "runs"
+    for method in ("fedavg", "fedgmi"):
+        for seed in (100, 0):
+            fake_run(runs / "rotation" / method / f"E5-lr0.001-seed{seed}", 0.5, bytes_up=1e6)
+    common = ["--epochs", "5", "--lrs", "0.001", "--seeds", "0", "--runs_dir", str(runs)]
+    tuned.main(["--methods", "fedgmi", "fedavg", *common, "--out", str(tmp_path / "table")])
+    before = (tmp_path / "table.md").read_text()
+    shutil.rmtree(runs)  # fedgmi changed: its runs are redone; FedAvg's are gone too, its rows stay
+    for seed, acc in ((100, 0.6), (0, 0.75)):
+        fake_run(runs / "rotation" / "fedgmi" / f"E5-lr0.001-seed{seed}", acc, bytes_up=3e6)
+    rows = tuned.main(["--methods", "fedgmi", *common, "--merge_into", str(tmp_path / "table")])
+    assert rows[0]["total_bytes_over_fedavg"] == (3e6 + 4e6) / (1e6 + 4e6)  # FedAvg's bytes from the table
+    md = (tmp_path / "table.md").read_text()
+    assert "| fedgmi | 5 | 0.001 | 0.600 | 0.750 ± 0.000 |" in md and "| fedgmi | **0.600** |" in md
+    fedavg_lines = [line for line in before.splitlines() if line.startswith("| fedavg |")]
+    assert fedavg_lines and all(line in md for line in fedavg_lines)
+    assert "Rows of fedgmi replaced by" in md and "--merge_into" in md
+    table = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert [(r["method"], float(r["client_accuracy_mean_mean"])) for r in table] == [("fedgmi", 0.75), ("fedavg", 0.5)]

@@ -148,6 +148,12 @@ class FedGMI(ParameterVectorStrategy):
             log p_k(y | x) of the component's head).
         label_weight: Weight lambda of log p_k(y | x) in the "joint" evidence
             log p_k(x) + lambda log p_k(y | x) (1 = the joint likelihood p_k(x, y)).
+        calibrated_evidence: "joint" only: the evidence becomes tau log p_k(x) + lambda
+            log p_k(y | x), tau the routing weight the calibration chose (``density_weights``;
+            1 in the first VAE round), so where p(x) tells the components nothing (a label
+            permutation: tau = 0) the density estimates' differences stop steering the
+            responsibilities and the proportions. Paper: silent (tau = 1); here: measured in
+            docs/benchmarks/fair.md. Without ``density_weights`` tau is 1.
         head_min_responsibility: Component k's classifier head trains only on samples with
             r_ik at least this (0 = every sample, weighted by r_ik); the VAE always trains on
             all. Samples the evidence cannot place (an upright 0 or 8 looks like one turned
@@ -241,6 +247,7 @@ class FedGMI(ParameterVectorStrategy):
         body: BodyFactory | None = None,
         head_hidden: int = 0,
         head_loss: str = "weighted",
+        calibrated_evidence: bool = False,
         classifier_epochs: int | None = None,
         topic_iters: int = 200,
         train_top_m: int | None = None,
@@ -265,6 +272,9 @@ class FedGMI(ParameterVectorStrategy):
         for name, value, allowed in [("init", init, INITS), ("estep", estep, ESTEPS),
                                      ("estimator", estimator, ESTIMATORS)]:
             check_choice(f"algorithm.init_args.{name}", value, allowed)
+        if calibrated_evidence not in (True, False) or (calibrated_evidence and estep != "joint"):
+            raise ConfigError(f"algorithm.init_args.calibrated_evidence = {calibrated_evidence!r} must be false, or "
+                              f"true with estep = 'joint' (got estep = {estep!r})")
         for name, value, low in [
             ("num_samples", num_samples, 1), ("proportion_iters", proportion_iters, 1),
             ("warmup_rounds", warmup_rounds, 0), ("topic_clusters", topic_clusters, 2),
@@ -286,6 +296,7 @@ class FedGMI(ParameterVectorStrategy):
         self.component_factory = component or partial(ComponentVAE, hidden_dims=(200,), latent_dim=10)
         self.classifier_factory = classifier or MLPClassifier
         self.classifier_sharing, self.head_hidden, self.head_loss = classifier_sharing, head_hidden, head_loss
+        self.calibrated_evidence = bool(calibrated_evidence)
         self.classifier_training = dataclasses.replace(
             self.training, local_epochs=local_epochs if classifier_epochs is None else classifier_epochs)
         self.body_factory = body or default_body
@@ -495,7 +506,8 @@ class FedGMI(ParameterVectorStrategy):
         "joint" mode when labels ``y`` (N,) are given."""
         if self.estep != "joint" or y is None:
             return log_px
-        return log_px + self.label_weight * label_log_likelihood(class_log_probs, y)
+        density = self.density_weight if self.calibrated_evidence and self.density_weights is not None else 1.0
+        return density * log_px + self.label_weight * label_log_likelihood(class_log_probs, y)
 
     def client_update(self, task: ClientTask, data, state: ClientState) -> tuple[ClientReply, ClientState]:
         """E-step, proportion update and weighted local training of each component; the new

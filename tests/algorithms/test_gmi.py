@@ -117,7 +117,8 @@ def test_local_training_lowers_the_weighted_negative_elbo(scenario):
                                 {"topic_iters": 0}, {"train_top_m": 0}, {"head_epochs": -1},
                                 {"topic_lloyd_rounds": -1}, {"topic_min_group": 0}, {"density_weights": [1.0, -0.5]},
                                 {"density_weights": [1.0, 1.0]}, {"density_weights": []},
-                                {"calibration_fraction": 1.0}])
+                                {"calibration_fraction": 1.0}, {"calibrated_evidence": "yes"},
+                                {"calibrated_evidence": True}])
 def test_bad_options_are_one_line_config_errors(kw):
     with pytest.raises(ConfigError) as err:
         FedGMI(**kw)
@@ -149,6 +150,13 @@ def test_joint_and_label_free_evidence_in_a_closed_form_case():
     # the label weight scales log p_k(y | x)
     weighted = FedGMI(estep="joint", label_weight=3.0).evidence(log_px, py.log(), y)
     torch.testing.assert_close(weighted, log_px + 3 * torch.tensor([[0.1, 0.8], [0.5, 0.99]]).log())
+    # calibrated: the chosen routing weight tau scales log p_k(x); tau = 0 leaves the labels alone
+    calibrated = FedGMI(estep="joint", calibrated_evidence=True, density_weights=[0, 0.1, 1])
+    for tau in (0.0, 0.1):
+        calibrated.density_weight = tau
+        torch.testing.assert_close(calibrated.evidence(log_px, py.log(), y),
+                                   tau * log_px + torch.tensor([[0.1, 0.8], [0.5, 0.99]]).log())
+    torch.testing.assert_close(calibrated.evidence(log_px, py.log(), None), log_px)  # x alone: unchanged
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
