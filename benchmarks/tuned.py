@@ -309,8 +309,8 @@ def merge(bench: Benchmark, tuned: dict, tested: dict, command: str) -> list[dic
     if replaced:
         sys.exit(f"--merge_into: {sorted(replaced)} have no row in {prefix.with_suffix('.csv')}")
     at = lines.index("Made with:") + 3
-    lines[at:at] = [f"Rows of {', '.join(args.methods)} replaced by (the other rows as made above):", "",
-                    f"    {command}", ""]
+    lines[at:at] = ["", f"Rows of {', '.join(args.methods)} replaced by (the other rows as made above):", "",
+                    f"    {command}"]
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
     with prefix.with_suffix(".csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(old_rows[0]))
